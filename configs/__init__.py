@@ -1,0 +1,13 @@
+"""Typed YAML configs shared by data_prep and trainer (and the YAML files themselves).
+
+    from configs import load, PrepConfig
+    cfg = load(PrepConfig, "configs/data/demo.yaml", ["--packing.seq_len=256"])
+"""
+from .loader import (ConfigError, describe, dump, from_dict, load, parse_cli, parse_overrides,
+                     print_help, to_dict)
+from .schema import (InputConfig, OutputConfig, PackingConfig, PrepConfig, TokenizerConfig,
+                     check_language_key)
+
+__all__ = ["ConfigError", "load", "parse_cli", "from_dict", "to_dict", "dump", "parse_overrides",
+           "describe", "print_help", "PrepConfig", "InputConfig", "TokenizerConfig",
+           "PackingConfig", "OutputConfig", "check_language_key"]

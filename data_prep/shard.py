@@ -1,0 +1,317 @@
+"""python -m data_prep.shard --config configs/data/<name>.yaml [--section.key=value ...]
+
+Multilingual text → tokenised, packed webdataset shards, one shard stream per language:
+
+    OUT/<lang>/<lang>-000000.tar ...   samples: <key>.input_ids.npy, <key>.lang.txt
+    OUT/manifest.json                  counts, hashes, tokenizer identity (written last)
+    OUT/config.yaml                    the resolved config
+
+Two phases, both over a process pool:
+  1. tokenise + pack each work unit (a file, or a chunk of a big text file) into
+     OUT/.work/<lang>/<unit>.npz (written under a temporary name, then renamed);
+  2. per language, stream the units in order into tar shards of `shard_samples` sequences
+     (each shard written as .tar.tmp and renamed when complete).
+Units and shard boundaries depend only on the config, never on the worker count, and the
+tar headers carry fixed metadata, so the bytes are the same however the work was split or
+interrupted. A re-run skips finished units and shards; kill -9 at any moment is safe.
+"""
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from configs import ConfigError, PrepConfig, dump, parse_cli
+
+from . import PrepError
+from .manifest import FORMAT, IDENTITY, MANIFEST, read_manifest, sha256_file, write_json
+from .packing import Packer
+from .readers import Unit, check_encodings, fingerprint, plan_units, read_documents, resolve_inputs
+from .tokenizer import backend_json, describe_tokenizer, load_tokenizer
+
+_BATCH_SEGMENTS = 2048  # segments per encode_batch call: amortises the Python↔Rust crossing
+
+
+def _log(msg: str) -> None:
+    print(f"[data_prep] {msg}", file=sys.stderr, flush=True)
+
+
+# ============================================================================ phase 1 (workers)
+_TOK = None
+
+
+def _init_worker(tok_json: str) -> None:
+    global _TOK
+    from tokenizers import Tokenizer
+    _TOK = Tokenizer.from_str(tok_json)
+
+
+def _encode(segments: list[str]) -> list[list[int]]:
+    return [e.ids for e in _TOK.encode_batch_fast(segments, add_special_tokens=False)]
+
+
+def _unit_path(work: Path, unit: Unit) -> Path:
+    return work / unit.lang / f"{unit.uid}.npz"
+
+
+def _tokenize_unit(job: tuple) -> tuple[Unit, int]:
+    """Tokenise and pack one unit into its .npz; returns (unit, tokens)."""
+    unit, work, p = job
+    target = _unit_path(work, unit)
+    if target.exists():  # finished by an earlier (interrupted) run
+        with np.load(target) as z:
+            return unit, int(z["lengths"].sum())
+    packer = Packer(p["seq_len"], p["cls_id"], p["sep_id"], p["prefix_ids"], p["mode"])
+    counts: Counter = Counter()
+    docs: list[list[str]] = []
+    pending = 0
+
+    def flush() -> None:
+        flat = [s for d in docs for s in d]
+        ids = _encode(flat)
+        i = 0
+        for d in docs:
+            packer.add_document(ids[i:i + len(d)])
+            i += len(d)
+        docs.clear()
+
+    for doc in read_documents(unit, p["text_field"], p["normalize"], counts):
+        docs.append(doc)
+        pending += len(doc)
+        if pending >= _BATCH_SEGMENTS:
+            flush()
+            pending = 0
+    flush()
+    ids, lengths = packer.arrays(p["dtype"])
+    counts.update(packer.stats)
+    counts["sequences"] = len(lengths)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, ids=ids, lengths=lengths,
+                 counts=np.frombuffer(json.dumps(dict(counts)).encode(), dtype=np.uint8))
+    os.replace(tmp, target)
+    return unit, int(lengths.sum())
+
+
+# ============================================================================ phase 2 (workers)
+def _write_language(job: tuple) -> tuple[str, dict]:
+    import webdataset as wds
+
+    lang, unit_files, out, shard_samples = job
+    lang_dir = out / lang
+    lang_dir.mkdir(parents=True, exist_ok=True)
+    zs = [np.load(f) for f in unit_files]
+    lengths = np.concatenate([z["lengths"] for z in zs]) if zs else np.zeros(0, np.int64)
+    counts: Counter = Counter()
+    for z in zs:
+        counts.update(json.loads(z["counts"].tobytes()))
+    total = len(lengths)
+    n_shards = math.ceil(total / shard_samples)
+
+    def final(k: int) -> Path:
+        return lang_dir / f"{lang}-{k:06d}.tar"
+
+    done = 0
+    while done < n_shards and final(done).exists():  # shards are written in order
+        done += 1
+    if done < n_shards:
+        skip = done * shard_samples
+        writer = wds.ShardWriter(
+            str(lang_dir / f"{lang}-%06d.tar.tmp"), maxcount=shard_samples, maxsize=1 << 62,
+            start_shard=done, verbose=0, post=lambda fn: os.replace(fn, fn[: -len(".tmp")]),
+            # fixed tar metadata → byte-identical shards on every run
+            mtime=0, user="lightmbert", group="lightmbert", mode=0o444)
+        g = 0
+        for z in zs:
+            lens = z["lengths"]
+            if g + len(lens) <= skip:
+                g += len(lens)
+                continue
+            ids = z["ids"]
+            offs = np.concatenate([[0], np.cumsum(lens)])
+            for j in range(len(lens)):
+                if g >= skip:
+                    writer.write({"__key__": f"{lang}-{g:09d}",
+                                  "input_ids.npy": ids[offs[j]:offs[j + 1]], "lang.txt": lang})
+                g += 1
+        writer.close()
+    for z in zs:
+        z.close()
+    for stale in lang_dir.glob("*.tmp"):
+        stale.unlink()
+    cum = np.concatenate([[0], np.cumsum(lengths)])
+    shards = []
+    for k in range(n_shards):
+        a, b = k * shard_samples, min(total, (k + 1) * shard_samples)
+        shards.append({"path": f"{lang}/{final(k).name}", "samples": b - a,
+                       "tokens": int(cum[b] - cum[a]), "sha256": sha256_file(final(k))})
+    return lang, {"samples": total, "tokens": int(cum[-1]), "shards": shards,
+                  "counts": dict(sorted(counts.items()))}
+
+
+# ============================================================================ driver
+def _identity(cfg: PrepConfig, tok_info, dtype: str) -> dict:
+    return {"format": FORMAT, "tokenizer": tok_info.to_dict(), "seq_len": cfg.packing.seq_len,
+            "packing_mode": cfg.packing.mode, "prefix": cfg.packing.prefix,
+            "shard_samples": cfg.output.shard_samples, "chunk_mb": cfg.input.chunk_mb,
+            "normalize": cfg.input.normalize, "text_field": cfg.input.text_field, "dtype": dtype}
+
+
+def _check_identity(out: Path, identity: dict) -> None:
+    """Refuse to mix outputs of different tokenizers / seq_len / inputs in one folder."""
+    path = out / IDENTITY
+    if not path.exists():
+        if out.exists() and any(p for p in out.iterdir() if p.name != "config.yaml"):
+            raise PrepError(f"output.dir {out} is not empty and was not made by data_prep; "
+                            "choose an empty or new folder")
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(path, identity)
+        return
+    old = json.loads(path.read_text(encoding="utf-8"))
+    diffs = []
+    for key in sorted(set(old) | set(identity)):
+        a, b = old.get(key), identity.get(key)
+        if key == "tokenizer" and isinstance(a, dict) and isinstance(b, dict):
+            if a.get("sha256") != b.get("sha256") or a.get("vocab_size") != b.get("vocab_size"):
+                diffs.append(f"tokenizer: {a.get('name')!r} (sha256 {a.get('sha256', '')[:12]}) "
+                             f"→ {b.get('name')!r} (sha256 {b.get('sha256', '')[:12]})")
+        elif key == "inputs":
+            if a is not None and b is not None and a != b:
+                changed = sorted({f["path"] for lang in set(a) | set(b)
+                                  for f in (a.get(lang, []) + b.get(lang, []))
+                                  if f not in a.get(lang, []) or f not in b.get(lang, [])})
+                diffs.append(f"inputs changed: {', '.join(changed[:5])}"
+                             + (" ..." if len(changed) > 5 else ""))
+        elif a != b:
+            diffs.append(f"{key}: {a!r} → {b!r}")
+    if diffs:
+        raise PrepError(f"output.dir {out} was made with different settings; refusing to mix "
+                        "them (use a new folder or delete it):\n  " + "\n  ".join(diffs))
+
+
+def _pool(workers: int, tok_json: str):
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # processes, not Rust threads, scale here
+    if workers == 1:
+        _init_worker(tok_json)
+        return None
+    return mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(tok_json,))
+
+
+def _map(pool, fn, jobs):
+    if pool is None:
+        return map(fn, jobs)
+    return pool.imap_unordered(fn, jobs)
+
+
+def run(cfg: PrepConfig, command: str = "") -> dict:
+    """Run data_prep for `cfg`; returns the manifest."""
+    t0 = time.time()
+    out = Path(cfg.output.dir)
+    # Everything that can be wrong with the input fails here, before any work.
+    check_encodings(cfg.input)
+    files = resolve_inputs(cfg.input)
+    tok = load_tokenizer(cfg.tokenizer.name_or_path)
+    info = describe_tokenizer(tok, cfg.tokenizer.name_or_path)
+    dtype = "uint16" if info.vocab_size <= 1 << 16 else "uint32"
+    prefix_ids = tok(cfg.packing.prefix, add_special_tokens=False)["input_ids"] if cfg.packing.prefix else []
+    params = {"seq_len": cfg.packing.seq_len, "cls_id": info.cls_id, "sep_id": info.sep_id,
+              "prefix_ids": prefix_ids, "mode": cfg.packing.mode, "dtype": dtype,
+              "text_field": cfg.input.text_field, "normalize": cfg.input.normalize}
+    Packer(**{k: params[k] for k in ("seq_len", "cls_id", "sep_id", "prefix_ids", "mode")})
+    identity = _identity(cfg, info, dtype)
+    _check_identity(out, identity)
+    workers = cfg.workers or os.cpu_count() or 1
+    units = plan_units(files, cfg.input)
+    pool = _pool(workers, backend_json(tok))
+    try:
+        fps = {f["path"]: f for f in _map(pool, fingerprint, [p for ps in files.values() for p in ps])}
+        identity["inputs"] = {lang: [fps[p] for p in ps] for lang, ps in files.items()}
+        _check_identity(out, identity)
+        write_json(out / IDENTITY, identity)
+        if (out / MANIFEST).exists():
+            m = read_manifest(out)
+            _log(f"{out} is already complete ({m['totals']['samples']} samples); nothing to do")
+            return m
+        _log(f"{len(files)} languages, {len(units)} work units, {workers} workers, "
+             f"tokenizer {info.name} (vocab {info.vocab_size}), seq_len {cfg.packing.seq_len}")
+        work = out / ".work"
+        from tqdm import tqdm
+        jobs = sorted(((u, work, params) for u in units),
+                      key=lambda j: -(os.path.getsize(j[0].path) if j[0].end < 0 else j[0].end - j[0].start))
+        tokens = 0
+        with tqdm(total=len(units), unit="unit", desc="tokenise", file=sys.stderr,
+                  disable=None) as bar:
+            for _, n in _map(pool, _tokenize_unit, jobs):
+                tokens += n
+                bar.update(1)
+                bar.set_postfix(tokens=tokens)
+        by_lang: dict[str, list[Path]] = {lang: [] for lang in files}
+        for u in sorted(units, key=lambda u: (u.lang, u.uid)):
+            by_lang[u.lang].append(_unit_path(work, u))
+        lang_jobs = [(lang, ps, out, cfg.output.shard_samples) for lang, ps in by_lang.items()]
+        languages = dict(_map(pool, _write_language, lang_jobs))
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    languages = {lang: {**languages[lang], "inputs": identity["inputs"][lang]} for lang in sorted(languages)}
+    totals: Counter = Counter()
+    for v in languages.values():
+        totals.update(v["counts"])
+    manifest = {
+        "format": FORMAT,
+        "tokenizer": info.to_dict(),
+        "seq_len": cfg.packing.seq_len,
+        "packing": {"mode": cfg.packing.mode, "prefix": cfg.packing.prefix,
+                    "prefix_ids": list(prefix_ids)},
+        "dtype": dtype,
+        "shard_samples": cfg.output.shard_samples,
+        "sample_fields": {"input_ids.npy": f"token ids ({dtype}), [CLS]/<s> first, [SEP]/</s> last",
+                          "lang.txt": "language key"},
+        "totals": {"languages": len(languages),
+                   "samples": sum(v["samples"] for v in languages.values()),
+                   "tokens": sum(v["tokens"] for v in languages.values()),
+                   "shards": sum(len(v["shards"]) for v in languages.values()),
+                   "counts": dict(sorted(totals.items()))},
+        "languages": languages,
+    }
+    dump(cfg, out / "config.yaml", header=command or "python -m data_prep.shard")
+    write_json(out / MANIFEST, manifest)  # last: its presence marks the folder complete
+    shutil.rmtree(out / ".work", ignore_errors=True)
+    dt = time.time() - t0
+    t = manifest["totals"]
+    _log(f"wrote {t['shards']} shards, {t['samples']} samples, {t['tokens']} tokens for "
+         f"{t['languages']} languages in {dt:.1f}s ({t['tokens'] / max(dt, 1e-9):,.0f} tokens/s) → {out}")
+    skipped = {k: v for k, v in t["counts"].items()
+               if k in ("bad_json_records", "records_without_text", "invalid_bytes_replaced",
+                        "empty_files", "empty_segments", "split_segments") and v}
+    if skipped:
+        _log("repaired/skipped (see manifest counts): "
+             + ", ".join(f"{k}={v}" for k, v in skipped.items()))
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg = parse_cli(PrepConfig, argv, "python -m data_prep.shard", __doc__)
+        if cfg is None:
+            return 0
+        run(cfg, command=" ".join(["python -m data_prep.shard", *argv]))
+    except (ConfigError, PrepError) as e:
+        print(f"data_prep.shard: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

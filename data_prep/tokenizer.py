@@ -1,0 +1,82 @@
+"""Load any Hugging Face fast tokenizer and describe it (special ids, identity hash).
+
+Workers never import transformers: they rebuild the Rust tokenizer from its JSON string
+(`tokenizers.Tokenizer.from_str`), which is all that tokenisation needs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import PrepError
+
+# (start, end, pad) spellings of the two BERT-family conventions.
+_SPECIAL_SETS = (("[CLS]", "[SEP]", "[PAD]"), ("<s>", "</s>", "<pad>"))
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    name: str
+    vocab_size: int
+    cls_id: int
+    sep_id: int
+    pad_id: int
+    sha256: str
+    """Hash of the tokenizer's canonical JSON serialisation + its special ids."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def load_tokenizer(name_or_path: str):
+    """A `PreTrainedTokenizerFast` from a hub name, a directory, or a tokenizer.json file."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    p = Path(name_or_path).expanduser()
+    try:
+        if p.is_file():
+            if p.suffix != ".json":
+                raise PrepError(f"tokenizer {name_or_path}: a file must be a tokenizer.json")
+            tok = PreTrainedTokenizerFast(tokenizer_file=str(p))
+            for start, end, pad in _SPECIAL_SETS:  # a bare tokenizer.json names no specials
+                if tok.backend_tokenizer.token_to_id(start) is not None:
+                    tok.add_special_tokens({"cls_token": start, "sep_token": end, "pad_token": pad})
+                    break
+        else:
+            tok = AutoTokenizer.from_pretrained(str(p) if p.is_dir() else name_or_path)
+    except PrepError:
+        raise
+    except Exception as e:  # hub unreachable, missing files, ...
+        raise PrepError(f"cannot load tokenizer {name_or_path!r}: {type(e).__name__}: {e}") from None
+    if not getattr(tok, "is_fast", False):
+        raise PrepError(f"tokenizer {name_or_path!r} is not a fast (Rust) tokenizer")
+    return tok
+
+
+def describe_tokenizer(tok, name: str) -> TokenizerInfo:
+    cls_id = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
+    sep_id = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
+    pad_id = tok.pad_token_id
+    if cls_id is None or sep_id is None or pad_id is None:
+        raise PrepError(f"tokenizer {name!r} has no [CLS]/<s>, [SEP]/</s> or pad token")
+    h = hashlib.sha256(tok.backend_tokenizer.to_str().encode("utf-8"))
+    h.update(json.dumps([cls_id, sep_id, pad_id]).encode())
+    return TokenizerInfo(name=name, vocab_size=len(tok), cls_id=int(cls_id), sep_id=int(sep_id),
+                         pad_id=int(pad_id), sha256=h.hexdigest())
+
+
+def backend_json(tok) -> str:
+    """The Rust tokenizer as JSON without truncation/padding, for the worker processes."""
+    bt = tok.backend_tokenizer
+    saved = bt.truncation, bt.padding
+    bt.no_truncation()
+    bt.no_padding()
+    try:
+        return bt.to_str()
+    finally:
+        if saved[0]:
+            bt.enable_truncation(**saved[0])
+        if saved[1]:
+            bt.enable_padding(**saved[1])

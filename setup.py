@@ -1,0 +1,32 @@
+"""LightMBERT: distil a multilingual BERT teacher into a small student (arXiv 2103.06418).
+
+torch is deliberately NOT pinned here: GPU users bring their own CUDA build. The Makefile
+installs the local CPU build (torch==2.13.0) first on machines without a GPU.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="lightmbert",
+    version="0.1.0",
+    description="Distributed distillation of multilingual BERT teachers into LightMBERT students",
+    python_requires=">=3.10",
+    packages=find_packages(include=["trainer", "trainer.*", "kernels", "kernels.*",
+                                    "data_prep", "data_prep.*", "configs", "configs.*"]),
+    # The YAML files beside the config loader ship with the package, so an installed (not
+    # editable) copy still finds configs/data/*.yaml and configs/distill/*.yaml.
+    package_data={"configs": ["*.yaml", "*/*.yaml"]},
+    install_requires=[
+        "torch>=2.4",
+        "deepspeed>=0.15",
+        "transformers>=4.45",
+        "webdataset>=0.2.90",
+        "pyyaml>=6",
+        "tensorboard>=2.15",
+        "numpy>=1.24",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "triton": ["triton>=3.0"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3"],
+    },
+)

@@ -1,0 +1,106 @@
+"""The typed YAML config loader: errors name key + file, precedence, shipped YAMLs."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from configs import ConfigError, PrepConfig, describe, dump, load
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path, text, name="x.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+BASE = """
+input: {languages: {en: [a.txt]}}
+tokenizer: {name_or_path: tok}
+output: {dir: out}
+"""
+
+
+def test_wrong_type_names_key_and_file(tmp_path):
+    p = write(tmp_path, BASE + "packing: {seq_len: abc}\n")
+    with pytest.raises(ConfigError, match=r"^packing\.seq_len: expected int, got 'abc' in .*x\.yaml$"):
+        load(PrepConfig, p)
+
+
+def test_unknown_key_and_missing_value(tmp_path):
+    with pytest.raises(ConfigError, match=r"packing\.seqlen: unknown key in .*x\.yaml"):
+        load(PrepConfig, write(tmp_path, BASE + "packing: {seqlen: 3}\n"))
+    with pytest.raises(ConfigError, match=r"^tokenizer\.name_or_path: missing required value"):
+        load(PrepConfig, write(tmp_path, "input: {languages: {en: [a]}}\noutput: {dir: o}\n"))
+    with pytest.raises(ConfigError, match=r"^bogus: unknown key"):
+        load(PrepConfig, write(tmp_path, BASE + "bogus: 1\n"))
+
+
+def test_literal_bool_and_range_checks(tmp_path):
+    with pytest.raises(ConfigError, match=r"packing\.mode: expected one of 'pack' \| 'segment', got 'pak'"):
+        load(PrepConfig, write(tmp_path, BASE + "packing: {mode: pak}\n"))
+    with pytest.raises(ConfigError, match=r"packing\.seq_len: must be in \[8, 65536\], got 4"):
+        load(PrepConfig, write(tmp_path, BASE + "packing: {seq_len: 4}\n"))
+    with pytest.raises(ConfigError, match=r"workers: expected int, got True"):
+        load(PrepConfig, write(tmp_path, BASE + "workers: true\n"))
+    with pytest.raises(ConfigError, match=r"unknown language key 'english'"):
+        load(PrepConfig, write(tmp_path, "input: {languages: {english: [a]}}\ntokenizer: {name_or_path: t}\noutput: {dir: o}\n"))
+    with pytest.raises(ConfigError, match=r"'xx' is not an ISO 639-1 code"):
+        load(PrepConfig, write(tmp_path, "input: {languages: {xx: [a]}}\ntokenizer: {name_or_path: t}\noutput: {dir: o}\n"))
+
+
+def test_precedence_cli_over_file_over_default(tmp_path):
+    p = write(tmp_path, BASE + "packing: {seq_len: 256}\n")
+    assert load(PrepConfig, p).packing.seq_len == 256           # file over default (128)
+    assert load(PrepConfig, p).packing.mode == "pack"           # default
+    cfg = load(PrepConfig, p, ["--packing.seq_len=64", "--packing.mode", "segment"])
+    assert (cfg.packing.seq_len, cfg.packing.mode) == (64, "segment")
+    # a string field keeps the CLI text verbatim (no YAML typing of "123" or "yes")
+    assert load(PrepConfig, p, ["--packing.prefix=123"]).packing.prefix == "123"
+    assert load(PrepConfig, p, ["--output.dir=yes"]).output.dir == "yes"
+    # a float field accepts an int; a list field accepts a single item
+    cfg = load(PrepConfig, p, ["--input.languages.de=b.txt"])
+    assert cfg.input.languages == {"en": ["a.txt"], "de": ["b.txt"]}
+
+
+def test_cli_errors_name_the_flag(tmp_path):
+    p = write(tmp_path, BASE)
+    with pytest.raises(ConfigError, match=r"packing\.seq_len: expected int, got 'x' \(from --packing\.seq_len\)"):
+        load(PrepConfig, p, ["--packing.seq_len=x"])
+    with pytest.raises(ConfigError, match=r"packing\.nope: unknown key \(from --packing\.nope"):
+        load(PrepConfig, p, ["--packing.nope=1"])
+    with pytest.raises(ConfigError, match=r"expected --section\.key=value"):
+        load(PrepConfig, p, ["packing.seq_len=3"])
+
+
+def test_env_expansion(tmp_path, monkeypatch):
+    p = write(tmp_path, BASE.replace("dir: out", "dir: '${LMB_TEST_DIR:-fallback}/shards'"))
+    monkeypatch.delenv("LMB_TEST_DIR", raising=False)
+    assert load(PrepConfig, p).output.dir == "fallback/shards"
+    monkeypatch.setenv("LMB_TEST_DIR", "/data")
+    assert load(PrepConfig, p).output.dir == "/data/shards"
+    p2 = write(tmp_path, BASE.replace("dir: out", "dir: '${LMB_UNSET_VAR}/x'"), "y.yaml")
+    with pytest.raises(ConfigError, match=r"output\.dir: environment variable LMB_UNSET_VAR is not set"):
+        load(PrepConfig, p2)
+
+
+def test_dump_roundtrip(tmp_path):
+    cfg = load(PrepConfig, write(tmp_path, BASE), ["--packing.prefix=query: "])
+    dump(cfg, tmp_path / "out" / "config.yaml", header="python -m data_prep.shard ...")
+    text = (tmp_path / "out" / "config.yaml").read_text()
+    assert text.startswith("# python -m data_prep.shard")
+    assert load(PrepConfig, tmp_path / "out" / "config.yaml") == cfg
+    assert not list((tmp_path / "out").glob("*.tmp"))
+
+
+def test_every_field_is_documented():
+    undocumented = [key for key, _, _, doc in describe(PrepConfig) if not doc]
+    assert undocumented == []
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_yaml_starts_with_its_command(path):
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# ") and "python -m " in first or "make " in first, first
+    assert isinstance(yaml.safe_load(path.read_text()), dict)
