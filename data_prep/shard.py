@@ -239,6 +239,7 @@ def run(cfg: PrepConfig, command: str = "") -> dict:
         write_json(out / IDENTITY, identity)
         if (out / MANIFEST).exists():
             m = read_manifest(out)
+            shutil.rmtree(out / ".work", ignore_errors=True)  # killed just before its cleanup
             _log(f"{out} is already complete ({m['totals']['samples']} samples); nothing to do")
             return m
         _log(f"{len(files)} languages, {len(units)} work units, {workers} workers, "
