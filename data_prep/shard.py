@@ -34,6 +34,7 @@ from configs import ConfigError, PrepConfig, dump, parse_cli
 from . import PrepError
 from .manifest import FORMAT, IDENTITY, MANIFEST, read_manifest, sha256_file, write_json
 from .packing import Packer
+from .tarwriter import ShardStream, npy_bytes
 from .readers import Unit, check_encodings, fingerprint, plan_units, read_documents, resolve_inputs
 from .tokenizer import backend_json, describe_tokenizer, load_tokenizer
 
@@ -104,8 +105,6 @@ def _tokenize_unit(job: tuple) -> tuple[Unit, int]:
 
 # ============================================================================ phase 2 (workers)
 def _write_language(job: tuple) -> tuple[str, dict]:
-    import webdataset as wds
-
     lang, unit_files, out, shard_samples = job
     lang_dir = out / lang
     lang_dir.mkdir(parents=True, exist_ok=True)
@@ -125,11 +124,9 @@ def _write_language(job: tuple) -> tuple[str, dict]:
         done += 1
     if done < n_shards:
         skip = done * shard_samples
-        writer = wds.ShardWriter(
-            str(lang_dir / f"{lang}-%06d.tar.tmp"), maxcount=shard_samples, maxsize=1 << 62,
-            start_shard=done, verbose=0, post=lambda fn: os.replace(fn, fn[: -len(".tmp")]),
-            # fixed tar metadata → byte-identical shards on every run
-            mtime=0, user="lightmbert", group="lightmbert", mode=0o444)
+        # fixed tar metadata (owner, mode, mtime 0) → byte-identical shards on every run
+        writer = ShardStream(str(lang_dir / f"{lang}-%06d.tar"), shard_samples, start_shard=done)
+        lang_bytes = lang.encode()
         g = 0
         for z in zs:
             lens = z["lengths"]
@@ -141,7 +138,8 @@ def _write_language(job: tuple) -> tuple[str, dict]:
             for j in range(len(lens)):
                 if g >= skip:
                     writer.write({"__key__": f"{lang}-{g:09d}",
-                                  "input_ids.npy": ids[offs[j]:offs[j + 1]], "lang.txt": lang})
+                                  "input_ids.npy": npy_bytes(ids[offs[j]:offs[j + 1]]),
+                                  "lang.txt": lang_bytes})
                 g += 1
         writer.close()
     for z in zs:
@@ -212,6 +210,22 @@ def _map(pool, fn, jobs):
     return pool.imap_unordered(fn, jobs)
 
 
+def _prefix_ids(tok, prefix: str) -> list[int]:
+    """Token ids of the per-sequence prefix, such that prefix_ids + ids(text) equals
+    ids(prefix + text): the teacher must see exactly the input format it was trained on.
+    (A trailing space would otherwise become a stray "▁" token in sentencepiece vocabularies.)"""
+    if not prefix:
+        return []
+    ids = tok(prefix.rstrip(), add_special_tokens=False)["input_ids"]
+    probe = "Hello world"
+    want = tok(prefix + probe, add_special_tokens=False)["input_ids"]
+    if ids + tok(probe, add_special_tokens=False)["input_ids"] != want:
+        raise PrepError(f"packing.prefix {prefix!r}: this tokenizer does not tokenise the prefix "
+                        f"independently of the text that follows it; leave packing.prefix empty "
+                        f"and put the prefix into the text instead")
+    return ids
+
+
 def run(cfg: PrepConfig, command: str = "") -> dict:
     """Run data_prep for `cfg`; returns the manifest."""
     t0 = time.time()
@@ -222,7 +236,7 @@ def run(cfg: PrepConfig, command: str = "") -> dict:
     tok = load_tokenizer(cfg.tokenizer.name_or_path)
     info = describe_tokenizer(tok, cfg.tokenizer.name_or_path)
     dtype = "uint16" if info.vocab_size <= 1 << 16 else "uint32"
-    prefix_ids = tok(cfg.packing.prefix, add_special_tokens=False)["input_ids"] if cfg.packing.prefix else []
+    prefix_ids = _prefix_ids(tok, cfg.packing.prefix)
     params = {"seq_len": cfg.packing.seq_len, "cls_id": info.cls_id, "sep_id": info.sep_id,
               "prefix_ids": prefix_ids, "mode": cfg.packing.mode, "dtype": dtype,
               "text_field": cfg.input.text_field, "normalize": cfg.input.normalize}

@@ -30,11 +30,48 @@ class TokenizerInfo:
         return asdict(self)
 
 
+class RustTokenizer:
+    """The part of a `PreTrainedTokenizerFast` that data_prep uses, read straight from a
+    saved directory (tokenizer.json + tokenizer_config.json) with the `tokenizers` library.
+
+    Importing transformers costs seconds on every run and every prep node; a saved fast
+    tokenizer does not need it. Hub names and slow tokenizers go through transformers."""
+
+    is_fast = True
+
+    def __init__(self, directory: Path):
+        from tokenizers import Tokenizer
+        self.backend_tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+        conf = {}
+        for name in ("special_tokens_map.json", "tokenizer_config.json"):
+            f = directory / name
+            if f.is_file():
+                conf.update(json.loads(f.read_text(encoding="utf-8")))
+
+        def tid(key: str) -> int | None:
+            tok = conf.get(key)
+            tok = tok.get("content") if isinstance(tok, dict) else tok
+            return self.backend_tokenizer.token_to_id(tok) if isinstance(tok, str) else None
+
+        for key in ("cls", "sep", "bos", "eos", "pad"):
+            setattr(self, f"{key}_token_id", tid(f"{key}_token"))
+
+    def __len__(self) -> int:
+        return self.backend_tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict:
+        return {"input_ids": self.backend_tokenizer.encode(text, add_special_tokens=add_special_tokens).ids}
+
+
 def load_tokenizer(name_or_path: str):
-    """A `PreTrainedTokenizerFast` from a hub name, a directory, or a tokenizer.json file."""
+    """A fast tokenizer from a hub name, a directory, or a tokenizer.json file."""
+    p = Path(name_or_path).expanduser()
+    if p.is_dir() and (p / "tokenizer.json").is_file() and (p / "tokenizer_config.json").is_file():
+        tok = RustTokenizer(p)
+        if tok.pad_token_id is not None and (tok.cls_token_id is not None or tok.bos_token_id is not None):
+            return tok
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    p = Path(name_or_path).expanduser()
     try:
         if p.is_file():
             if p.suffix != ".json":

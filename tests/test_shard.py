@@ -262,3 +262,16 @@ def test_cli_help_and_inspect(corpus, tiny_tokenizer, tmp_path):
     r = subprocess.run([sys.executable, "-m", "data_prep.inspect", str(out), "--verify"],
                        cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 2 and "sha256 differs" in r.stderr
+
+
+def test_prefix_tokens_match_tokenising_prefix_and_text_together(tiny_tokenizer, tmp_path):
+    from data_prep.tokenizer import load_tokenizer
+    tok = load_tokenizer(str(tiny_tokenizer))
+    lines = [" ".join(d[0].split()[:5]) for d in random_documents("de", 30, seed=3)]
+    write_text(tmp_path / "text" / "de.txt", [[ln] for ln in lines])
+    out = tmp_path / "out"
+    m = run(cfg_for(tmp_path / "text", tiny_tokenizer, out, "--workers=1", "--packing.mode=segment",
+                    "--packing.prefix=query: "))
+    got = [[int(t) for t in ids] for _, ids, _ in read_lang(out, "de")]
+    assert got == [tok("query: " + ln, add_special_tokens=True)["input_ids"] for ln in lines]
+    assert m["packing"]["prefix_ids"] == tok("query:", add_special_tokens=False)["input_ids"]
