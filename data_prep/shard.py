@@ -196,10 +196,12 @@ def _check_identity(out: Path, identity: dict) -> None:
                         "them (use a new folder or delete it):\n  " + "\n  ".join(diffs))
 
 
-def _pool(workers: int, tok_json: str):
+def _pool(workers: int, tok):
+    global _TOK
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # processes, not Rust threads, scale here
+    tok_json = backend_json(tok)                    # also switches truncation/padding off
     if workers == 1:
-        _init_worker(tok_json)
+        _TOK = tok.backend_tokenizer                # in-process: no need to rebuild it
         return None
     return mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(tok_json,))
 
@@ -245,7 +247,7 @@ def run(cfg: PrepConfig, command: str = "") -> dict:
     _check_identity(out, identity)
     workers = cfg.workers or os.cpu_count() or 1
     units = plan_units(files, cfg.input)
-    pool = _pool(workers, backend_json(tok))
+    pool = _pool(workers, tok)
     try:
         fps = {f["path"]: f for f in _map(pool, fingerprint, [p for ps in files.values() for p in ps])}
         identity["inputs"] = {lang: [fps[p] for p in ps] for lang, ps in files.items()}

@@ -105,15 +105,9 @@ def describe_tokenizer(tok, name: str) -> TokenizerInfo:
 
 
 def backend_json(tok) -> str:
-    """The Rust tokenizer as JSON without truncation/padding, for the worker processes."""
+    """The Rust tokenizer as JSON, for the worker processes. Truncation and padding are
+    switched off on `tok` first: data_prep owns this tokenizer and packs by itself."""
     bt = tok.backend_tokenizer
-    saved = bt.truncation, bt.padding
     bt.no_truncation()
     bt.no_padding()
-    try:
-        return bt.to_str()
-    finally:
-        if saved[0]:
-            bt.enable_truncation(**saved[0])
-        if saved[1]:
-            bt.enable_padding(**saved[1])
+    return bt.to_str()
