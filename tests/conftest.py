@@ -1,6 +1,13 @@
+import os
 import warnings
 
 import pytest
+import torch
+
+# Triton kernels run on CPU under the interpreter, which must be chosen before triton is
+# first imported. On a CUDA machine the real kernels run instead.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from tests.helpers import WORDS, make_tokenizer, random_documents, write_text
 

@@ -1,0 +1,167 @@
+"""Triton kernels against the torch references: on CPU under the Triton interpreter (fp32:
+its bf16 dot is wrong), on CUDA at realistic shapes in bf16/fp16/fp32 (skipped without a GPU).
+
+Every case draws fresh random inputs, uses odd lengths and masks with padding anywhere, a
+single real token and fully padded sequences, and a grad_output ≠ 1.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import kernels
+from kernels import reference as R
+
+CUDA = torch.cuda.is_available()
+pytestmark = pytest.mark.skipif(not kernels.triton_available(), reason="triton not installed")
+if not CUDA and os.environ.get("TRITON_INTERPRET") != "1":
+    pytestmark = pytest.mark.skip(reason="no GPU and TRITON_INTERPRET is not set")
+
+
+def make_mask(B, L, kind, g, device):
+    m = torch.ones(B, L)
+    if kind == "right":
+        for b in range(B):
+            m[b, torch.randint(1, L + 1, (1,), generator=g).item():] = 0
+    elif kind == "holes":
+        m = (torch.rand(B, L, generator=g) > 0.35).float()
+        m[:, 0] = 1
+    elif kind == "edge":  # a single real token, a fully padded sequence, a full one
+        m.zero_()
+        m[0, L // 2] = 1
+        if B > 2:
+            m[2] = 1
+    return m.to(device)
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+def check(name, args_s, args_t, mask, extra=(), dtype=torch.float32, tol=1e-5, gtol=1e-4, seed=0):
+    """Forward and student gradients of kernels.<name> (impl=triton) vs the reference in fp64."""
+    g = torch.Generator().manual_seed(seed + 99)
+    go = (torch.rand((), generator=g) * 2 + 0.5).item()  # grad_output ≠ 1
+    ref_in = [a.detach().double().requires_grad_() for a in args_s]
+    ours_in = [a.detach().to(dtype).requires_grad_() for a in args_s]
+    t64, tours = [t.double() for t in args_t], [t.to(dtype) for t in args_t]
+    if name == "fused_linear_kl":  # (h, W, b) student; (h, W) teacher; (T,) extra
+        ref = R.fused_linear_kl(ref_in[0], ref_in[1], *t64, ref_in[2], None, *extra, mask)
+        out = kernels.fused_linear_kl(ours_in[0], ours_in[1], *tours, ours_in[2], None, *extra,
+                                      mask, impl="triton")
+    else:
+        ref = getattr(R, name)(*ref_in, *t64, mask, *extra)
+        out = getattr(kernels, name)(*ours_in, *tours, mask, *extra, impl="triton")
+    ref_g = torch.autograd.grad(ref * go, ref_in)
+    out_g = torch.autograd.grad(out * go, ours_in)
+    assert torch.isfinite(out).all()
+    assert abs(out.item() - ref.item()) <= tol * max(1.0, abs(ref.item())), (out.item(), ref.item())
+    for a, b in zip(out_g, ref_g):
+        assert torch.isfinite(a).all()
+        if b.abs().max() == 0:
+            assert a.abs().max() == 0
+        else:
+            assert rel(a, b) <= gtol, rel(a, b)
+
+
+def qk(B, H, L, D, g, device, noncontig=False):
+    if noncontig:  # [B, L, H, D] → [B, H, L, D] view, as a model's projection reshaped
+        return torch.randn(B, L, H, D, generator=g).to(device).transpose(1, 2)
+    return torch.randn(B, H, L, D, generator=g).to(device)
+
+
+# ------------------------------------------------------------------------------ CPU (interpreter)
+INTERP = pytest.mark.skipif(CUDA, reason="CPU interpreter cases (a GPU runs the CUDA ones)")
+
+
+@INTERP
+@pytest.mark.parametrize("name", ["attention_score_mse", "attention_prob_kl"])
+@pytest.mark.parametrize("L,DS,DT,kind", [(37, 16, 24, "holes"), (33, 8, 8, "right"),
+                                          (5, 32, 16, "edge"), (1, 16, 16, "none")])
+def test_attention_losses_interpreter(name, L, DS, DT, kind):
+    seed = int.from_bytes(os.urandom(2), "little")
+    g = torch.Generator().manual_seed(seed)
+    B, H = 3, 2
+    s = [qk(B, H, L, DS, g, "cpu", noncontig=(kind == "holes")), qk(B, H, L, DS, g, "cpu")]
+    t = [qk(B, H, L, DT, g, "cpu"), qk(B, H, L, DT, g, "cpu", noncontig=True)]
+    mask = make_mask(B, L, kind, g, "cpu")
+    extra = (1.7,) if name == "attention_prob_kl" and kind == "right" else ()
+    check(name, s, t, mask, extra, seed=seed)
+
+
+@INTERP
+@pytest.mark.parametrize("kind", ["holes", "edge", "right"])
+def test_elementwise_losses_interpreter(kind):
+    seed = int.from_bytes(os.urandom(2), "little")
+    g = torch.Generator().manual_seed(seed)
+    B, H, L, d = 3, 2, 37, 45
+    mask = make_mask(B, L, kind, g, "cpu")
+    check("hidden_mse", [torch.randn(B, L, d, generator=g)], [torch.randn(B, L, d, generator=g)], mask, seed=seed)
+    check("attention_map_mse", [torch.rand(B, H, L, L, generator=g)], [torch.rand(B, H, L, L, generator=g)],
+          mask, seed=seed)
+
+
+@INTERP
+@pytest.mark.parametrize("budget", [10**9, 3000])  # one chunk / several chunks of rows
+def test_fused_linear_kl_interpreter(budget, monkeypatch):
+    from kernels import linear_kl
+    monkeypatch.setattr(linear_kl, "LOGIT_BUDGET", budget)
+    seed = int.from_bytes(os.urandom(2), "little")
+    g = torch.Generator().manual_seed(seed)
+    N, ds, dt, V = 41, 24, 40, 1003
+    s = [torch.randn(N, ds, generator=g), torch.randn(V, ds, generator=g) * 0.3, torch.randn(V, generator=g)]
+    t = [torch.randn(N, dt, generator=g), torch.randn(V, dt, generator=g) * 0.3]
+    mask = (torch.rand(N, generator=g) > 0.3).float()
+    check("fused_linear_kl", s, t, mask, extra=(2.0,), seed=seed)
+
+
+def test_auto_dispatch_uses_torch_on_cpu(monkeypatch):
+    called = []
+    monkeypatch.setattr(R, "hidden_mse", lambda *a: called.append(1) or torch.tensor(0.0))
+    x = torch.randn(2, 3, 4)
+    kernels.hidden_mse(x, x, torch.ones(2, 3))
+    assert called == ([] if CUDA else [1])
+    with pytest.raises(ValueError, match="impl must be one of"):
+        kernels.hidden_mse(x, x, torch.ones(2, 3), impl="cuda")
+
+
+# ------------------------------------------------------------------------------ CUDA
+GPU = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+TOLS = {torch.float32: (1e-5, 1e-4), torch.bfloat16: (2e-2, 1e-2), torch.float16: (5e-3, 1e-2)}
+
+
+@pytest.mark.gpu
+@GPU
+@pytest.mark.parametrize("dtype", list(TOLS))
+@pytest.mark.parametrize("name", ["attention_score_mse", "attention_prob_kl"])
+@pytest.mark.parametrize("L,D", [(128, 64), (512, 64), (77, 128)])
+def test_attention_losses_cuda(name, dtype, L, D):
+    g = torch.Generator().manual_seed(L * D)
+    B, H = 8, 12
+    s = [qk(B, H, L, D, g, "cuda", noncontig=True), qk(B, H, L, D, g, "cuda", noncontig=True)]
+    t = [qk(B, H, L, 64, g, "cuda"), qk(B, H, L, 64, g, "cuda")]
+    mask = make_mask(B, L, "right", g, "cuda")
+    mask[1] = 0  # a fully padded sequence: no NaN
+    check(name, s, t, mask, dtype=dtype, tol=TOLS[dtype][0], gtol=TOLS[dtype][1])
+
+
+@pytest.mark.gpu
+@GPU
+@pytest.mark.parametrize("dtype", list(TOLS))
+def test_elementwise_and_linear_kl_cuda(dtype):
+    g = torch.Generator().manual_seed(7)
+    B, H, L, d = 8, 12, 128, 768
+    mask = make_mask(B, L, "holes", g, "cuda")
+    tol, gtol = TOLS[dtype]
+    check("hidden_mse", [torch.randn(B, L, d, generator=g).cuda()], [torch.randn(B, L, d, generator=g).cuda()],
+          mask, dtype=dtype, tol=tol, gtol=gtol)
+    check("attention_map_mse", [torch.rand(B, H, L, L, generator=g).cuda()],
+          [torch.rand(B, H, L, L, generator=g).cuda()], mask, dtype=dtype, tol=tol, gtol=gtol)
+    N, V = 1024, 30001
+    s = [torch.randn(N, d, generator=g).cuda(), (torch.randn(V, d, generator=g) * 0.02).cuda(),
+         torch.randn(V, generator=g).cuda() * 0.1]
+    t = [torch.randn(N, d, generator=g).cuda(), (torch.randn(V, d, generator=g) * 0.02).cuda()]
+    check("fused_linear_kl", s, t, mask.reshape(-1)[:N].contiguous(), extra=(2.0,), dtype=dtype,
+          tol=tol, gtol=gtol)
