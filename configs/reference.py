@@ -4,9 +4,10 @@ from __future__ import annotations
 import sys
 
 from .loader import describe
-from .schema import PrepConfig
+from .schema import DistillConfig, PrepConfig
 
-STAGES = {"data_prep (`python -m data_prep.shard`)": PrepConfig}
+STAGES = {"data_prep (`python -m data_prep.shard`)": PrepConfig,
+          "trainer (`python -m trainer.distill`)": DistillConfig}
 
 
 def markdown() -> str:

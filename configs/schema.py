@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 # ISO 639-1 two-letter codes: a two-letter language key must be one of them, so that a typo
 # such as `ge` for German or `english` fails before any work instead of making a new stream.
@@ -127,3 +127,197 @@ class PrepConfig:
     def __post_init__(self) -> None:
         if self.workers < 0:
             raise ValueError(f"workers: must be >= 0, got {self.workers}")
+
+
+# ============================================================================ trainer
+@dataclass
+class RunConfig:
+    """Where a run writes and how long it lasts."""
+
+    output_dir: str
+    """Run folder: checkpoints/, tensorboard/, config.yaml, ds_config.json, student/ (export)."""
+    max_steps: int = 1000
+    """Optimizer steps to train for (each = micro_batch × grad_accum × world samples)."""
+    seed: int = 1234
+    """Seeds model init, data order, dropout."""
+    log_interval: int = 10
+    """Console line and TensorBoard scalars every N steps."""
+    save_interval: int = 500
+    """Checkpoint every N steps (also at the end and on SIGUSR1/SIGTERM); 0: only those."""
+    keep_checkpoints: int = 2
+    """How many recent checkpoints to keep."""
+    max_bad_steps: int = 10
+    """Abort after this many consecutive steps with a NaN/Inf loss (each one is skipped)."""
+    export: bool = True
+    """Write the student as a Hugging Face directory (`<output_dir>/student`) at the end."""
+    progress_bar: bool = True
+    """A tqdm progress bar on rank 0 (off automatically when stderr is not a terminal)."""
+    trace: bool = False
+    """Write `trace_rank<r>.jsonl`: every step's exact loss and a hash of its batches (for
+    checking determinism and exact resume)."""
+
+    def __post_init__(self) -> None:
+        for key in ("max_steps", "log_interval"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
+        if self.save_interval < 0 or self.keep_checkpoints < 1 or self.max_bad_steps < 1:
+            raise ValueError("save_interval must be >= 0, keep_checkpoints and max_bad_steps >= 1")
+
+
+@dataclass
+class TeacherConfig:
+    """The frozen teacher: any Hugging Face encoder of the BERT family."""
+
+    name_or_path: str | None = None
+    """Hub name or local directory (BertModel, BertForMaskedLM, XLM-R, multilingual-E5 ...)."""
+    random_init: dict[str, Any] = field(default_factory=dict)
+    """Instead of `name_or_path`: a BertConfig dict for a randomly initialised teacher (tests,
+    smoke runs), e.g. {vocab_size: 300, hidden_size: 64, num_hidden_layers: 4, ...}."""
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """Teacher weights/compute dtype: auto = bf16 on GPU, fp32 on CPU."""
+
+    def __post_init__(self) -> None:
+        if bool(self.name_or_path) == bool(self.random_init):
+            raise ValueError("set exactly one of teacher.name_or_path and teacher.random_init")
+
+
+@dataclass
+class StudentConfig:
+    """The LightMBERT student: the teacher's embeddings + a subset of its layers."""
+
+    num_layers: int = 6
+    """Transformer layers of the student."""
+    layer_selection: Literal["bottom", "uniform", "list"] = "bottom"
+    """Which teacher layers initialise the student: bottom = 0..k−1 (the paper's default),
+    uniform = evenly spaced, list = `layers`."""
+    layers: list[int] = field(default_factory=list)
+    """Teacher layer indices (0-based) for layer_selection = list."""
+    freeze_embeddings: bool = True
+    """Keep the (copied) embedding layer frozen: no gradient, not in the optimizer."""
+    hidden_size: int | None = None
+    """A different width than the teacher's: random init (nothing can be copied) and a learned
+    projection student → teacher width for the hidden loss. Needs freeze_embeddings: false."""
+    init: Literal["teacher", "random"] = "teacher"
+    """teacher = copy embeddings and layers; random = fresh init (an ablation)."""
+
+    def __post_init__(self) -> None:
+        if self.num_layers < 1:
+            raise ValueError(f"num_layers: must be >= 1, got {self.num_layers}")
+        if self.layer_selection == "list" and len(self.layers) != self.num_layers:
+            raise ValueError(f"layers: layer_selection=list needs {self.num_layers} entries, "
+                             f"got {self.layers}")
+        if self.hidden_size is not None and self.freeze_embeddings:
+            raise ValueError("hidden_size: a different width cannot keep the teacher's frozen "
+                             "embeddings; set freeze_embeddings: false")
+
+
+@dataclass
+class LossConfig:
+    """Distillation objective: weighted sum of the terms below (each logged)."""
+
+    hidden_weight: float = 1.0
+    """Weight of the hidden-state MSE over the layer map."""
+    attention: Literal["score_mse", "prob_kl", "none"] = "score_mse"
+    """Attention loss from each mapped layer's Q/K: TinyBERT score MSE or MiniLM prob KL."""
+    attention_weight: float = 1.0
+    """Weight of the attention loss."""
+    attention_temperature: float = 1.0
+    """Temperature of prob_kl."""
+    layer_map: Literal["uniform", "last"] | list[list[int]] = "uniform"
+    """uniform: student layer i ↔ teacher layer (i+1)·L_t/L_s (1-based, 0 = embeddings);
+    last: only the last layers; or explicit [[student, teacher], ...] pairs (1-based)."""
+    embedding_weight: float = 0.0
+    """Weight of embeddings ↔ embeddings hidden MSE (0 with frozen, identical embeddings)."""
+    logit_weight: float = 0.0
+    """Logit KD through the MLM heads (both models need one): fused KL at `temperature`."""
+    temperature: float = 2.0
+    """Temperature of the logit KD."""
+    impl: Literal["auto", "triton", "torch"] = "auto"
+    """kernels implementation: auto = Triton on CUDA, torch elsewhere."""
+
+    def __post_init__(self) -> None:
+        if min(self.hidden_weight, self.attention_weight, self.embedding_weight, self.logit_weight) < 0:
+            raise ValueError("loss weights must be >= 0")
+        if self.attention_temperature <= 0 or self.temperature <= 0:
+            raise ValueError("temperatures must be > 0")
+
+
+@dataclass
+class DataConfig:
+    """Training data: data_prep shards mixed across languages."""
+
+    shards: str
+    """A data_prep output folder (holding manifest.json)."""
+    alpha: float = 0.7
+    """Language sampling exponent: q_i ∝ p_i^α over token counts."""
+    languages: list[str] = field(default_factory=list)
+    """Use only these languages (empty: all in the manifest)."""
+    micro_batch_size: int = 32
+    """Sequences per rank per micro step; padded to the longest in the batch."""
+    num_workers: int = 2
+    """DataLoader worker processes per rank."""
+    shuffle_buffer: int = 1000
+    """Seeded shuffle buffer per language stream."""
+
+    def __post_init__(self) -> None:
+        if self.micro_batch_size < 1 or self.num_workers < 0 or self.shuffle_buffer < 1:
+            raise ValueError("micro_batch_size and shuffle_buffer must be >= 1, num_workers >= 0")
+        if self.alpha < 0:
+            raise ValueError(f"alpha: must be >= 0, got {self.alpha}")
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and learning-rate schedule (the student only)."""
+
+    lr: float = 1e-4
+    """Peak learning rate."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (not applied to biases and LayerNorm weights)."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW betas."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    warmup_steps: int = 100
+    """Linear warmup from 0 to lr."""
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    """Decay after warmup, to min_lr_ratio · lr at max_steps."""
+    min_lr_ratio: float = 0.0
+    """Final learning rate as a fraction of lr."""
+    grad_clip: float = 1.0
+    """Gradient-norm clipping (0: off)."""
+    optimizer: Literal["torch_adamw", "deepspeed_adam"] = "torch_adamw"
+    """torch.optim.AdamW, or DeepSpeed's (Fused/CPU) Adam (compiled on first use)."""
+
+
+@dataclass
+class EngineConfig:
+    """DeepSpeed engine settings (the ds_config is generated from these)."""
+
+    zero_stage: int = 2
+    """ZeRO stage 0–3 for the student."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """Student training precision: auto = bf16 on GPU, fp32 on CPU."""
+    grad_accum: int = 1
+    """Micro steps per optimizer step."""
+    offload_optimizer: bool = False
+    """ZeRO-Offload of optimizer states to CPU (stages 1–3)."""
+
+    def __post_init__(self) -> None:
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"zero_stage: must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if self.grad_accum < 1:
+            raise ValueError(f"grad_accum: must be >= 1, got {self.grad_accum}")
+
+
+@dataclass
+class DistillConfig:
+    """`python -m trainer.distill`: one distillation run."""
+
+    run: RunConfig
+    teacher: TeacherConfig
+    data: DataConfig
+    student: StudentConfig = field(default_factory=StudentConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)

@@ -1,0 +1,239 @@
+"""trainer.distill on CPU (gloo, 2 processes): ZeRO 1/2/3 under torchrun and the deepspeed
+launcher, exact resume after SIGKILL, checkpoint-on-SIGTERM, frozen embeddings, export,
+TensorBoard tags, and clear errors before any process group can hang."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from configs import DistillConfig, PrepConfig, load
+from tests.helpers import WORDS, make_tokenizer, random_documents, write_text
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+CONFIG = "configs/distill/tiny_cpu.yaml"
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    from data_prep.shard import run
+    d = tmp_path_factory.mktemp("trainer")
+    tok = make_tokenizer(d / "tok")
+    for i, lang in enumerate(WORDS):
+        write_text(d / "text" / f"{lang}.txt", random_documents(lang, 300, seed=i))
+    run(load(PrepConfig, None, [f"--input.directory={d}/text", f"--tokenizer.name_or_path={tok}",
+                                f"--output.dir={d}/shards", "--output.shard_samples=100",
+                                "--workers=1", "--packing.seq_len=32"]))
+    return d / "shards"
+
+
+def env():
+    return dict(os.environ, DS_ACCELERATOR="cpu", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+
+
+def launch(launcher, out, shards, *overrides, nproc=2, **kw):
+    args = ["-m", "trainer.distill", "--config", CONFIG, f"--data.shards={shards}",
+            f"--run.output_dir={out}", "--run.trace=true", *overrides]
+    if launcher == "torchrun":
+        cmd = [str(BIN / "torchrun"), "--nproc_per_node", str(nproc), "--master_port", str(_port()), *args]
+    elif launcher == "deepspeed":
+        cmd = [str(BIN / "deepspeed"), "--num_gpus", str(nproc), "--master_port", str(_port()), *args]
+    else:
+        cmd = [sys.executable, *args]
+    return subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, **kw)
+
+
+def _port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def finish(p, timeout=600):
+    log = p.communicate(timeout=timeout)[0]
+    return p.returncode, log
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants (torchrun puts workers in new sessions, so a
+    process-group kill would miss them; a Slurm job's cgroup kill does not)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    todo, tree = [pid], []
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += children.get(p, [])
+    for p in tree:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def trace(out, rank=0):
+    return [json.loads(line) for line in open(Path(out) / f"trace_rank{rank}.jsonl")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["torchrun", "deepspeed"])
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_zero_stages_train_and_loss_decreases(shards, tmp_path, launcher, stage):
+    out = tmp_path / "run"
+    code, log = finish(launch(launcher, out, shards, f"--engine.zero_stage={stage}",
+                              "--run.max_steps=30", "--run.log_interval=1"))
+    assert code == 0, log[-4000:]
+    t0, t1 = trace(out, 0), trace(out, 1)
+    assert [r["step"] for r in t0] == list(range(1, 31))
+    assert [r["loss"] for r in t0] == [r["loss"] for r in t1]            # global mean on both
+    assert [r["batch_sha256"] for r in t0] != [r["batch_sha256"] for r in t1]  # different data
+    losses = [float(r["loss"]) for r in t0]
+    assert sum(losses[-5:]) / 5 < 0.85 * sum(losses[:5]) / 5, losses
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["world_size"] == 2
+    ds = json.loads((out / "ds_config.json").read_text())
+    assert ds["zero_optimization"]["stage"] == stage and ds["train_batch_size"] == 16
+    assert load(DistillConfig, out / "config.yaml").engine.zero_stage == stage
+    assert (out / "student" / "config.json").is_file()
+
+
+@pytest.mark.slow
+def test_exact_resume_after_sigkill(shards, tmp_path):
+    n = 10
+    a = tmp_path / "a"
+    code, log = finish(launch("torchrun", a, shards, "--run.max_steps=20", f"--run.save_interval={n}",
+                              "--run.export=false"))
+    assert code == 0, log[-3000:]
+    b = tmp_path / "b"
+    p = launch("torchrun", b, shards, "--run.max_steps=20", f"--run.save_interval={n}",
+               "--run.export=false")
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill after step n + 3: the last checkpoint is step n
+        if (b / "trace_rank0.jsonl").exists() and len(trace(b)) >= n + 3:
+            break
+        time.sleep(0.05)
+    kill_tree(p.pid)
+    p.wait()
+    killed_at = len(trace(b))
+    assert n < killed_at < 20, killed_at
+    assert (b / "checkpoints" / "latest").read_text() == f"step{n:08d}"
+    code, log = finish(launch("torchrun", b, shards, "--run.max_steps=20", f"--run.save_interval={n}",
+                              "--run.export=false"))
+    assert code == 0, log[-3000:]
+    assert "resumed from step00000010" in log
+    for rank in (0, 1):
+        ta, tb = trace(a, rank), trace(b, rank)
+        resumed = [r for r in tb if r["step"] > n][-(20 - n):]   # the restarted run's steps
+        assert [r["step"] for r in resumed] == list(range(n + 1, 21))
+        assert resumed == ta[n:], f"rank {rank}: resumed run differs from the uninterrupted one"
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_and_exits_75(shards, tmp_path):
+    out = tmp_path / "run"
+    p = launch("python", out, shards, "--run.max_steps=100000", "--run.save_interval=0", nproc=1)
+    deadline = time.time() + 300
+    while time.time() < deadline and not ((out / "trace_rank0.jsonl").exists() and len(trace(out)) >= 3):
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    code, log = finish(p, 300)
+    assert code == 75, log[-3000:]
+    tag = (out / "checkpoints" / "latest").read_text()
+    assert tag == f"step{trace(out)[-1]['step']:08d}"
+    assert "exiting with 75" in log
+
+
+@pytest.mark.slow
+def test_frozen_embeddings_export_and_tensorboard(shards, tmp_path):
+    from transformers import AutoModel
+
+    from trainer.models import build_student, load_teacher
+    out = tmp_path / "run"
+    code, log = finish(launch("torchrun", out, shards, "--engine.zero_stage=3", "--run.max_steps=12",
+                              "--run.log_interval=4"))
+    assert code == 0, log[-3000:]
+    cfg = load(DistillConfig, out / "config.yaml")
+    teacher = load_teacher(cfg.teacher, False, torch.device("cpu"), torch.float32, cfg.run.seed)
+    exported = AutoModel.from_pretrained(out / "student").eval()
+    for (name, p), (_, q) in zip(teacher.embeddings.state_dict().items(),
+                                 exported.embeddings.state_dict().items()):
+        assert torch.equal(p, q), f"embedding {name} changed"
+    fresh, layers = build_student(teacher, cfg.student, cfg.run.seed)
+    assert layers == [0, 1]
+    moved = any(not torch.equal(a, b) for a, b in zip(fresh.encoder.parameters(), exported.encoder.parameters()))
+    assert moved, "the student's layers did not train"
+    # the CLI export from the ZeRO-3 checkpoint gives the same model as the live export
+    r = subprocess.run([sys.executable, "-m", "trainer.export", str(out), str(tmp_path / "cli")],
+                       cwd=REPO, env=env(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    cli = AutoModel.from_pretrained(tmp_path / "cli").eval()
+    ids = torch.randint(5, 280, (3, 17))
+    mask = torch.ones_like(ids)
+    mask[0, 9:] = 0
+    with torch.no_grad():
+        a = exported(ids, attention_mask=mask).last_hidden_state
+        b = cli(ids, attention_mask=mask).last_hidden_state
+    assert torch.allclose(a, b, atol=1e-6)
+    from transformers import AutoTokenizer
+    assert AutoTokenizer.from_pretrained(out / "student")("the fox")["input_ids"]
+    # TensorBoard: the documented tags
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    ev = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0})
+    ev.Reload()
+    tags = set(ev.Tags()["scalars"])
+    for tag in ("loss/total", "loss/hidden", "loss/attention", "lr", "grad_norm",
+                "throughput/tokens_per_s", "throughput/samples_per_s", "time/step_s",
+                "memory/host_rss_gib", "data/bad_steps", "data/tokens/en"):
+        assert tag in tags, (tag, sorted(tags))
+
+
+def test_student_layers_copied_and_embeddings_frozen_at_init():
+    from configs import StudentConfig, TeacherConfig
+    from trainer.models import ModelError, build_student, load_teacher
+    t = load_teacher(TeacherConfig(random_init=dict(vocab_size=99, hidden_size=32, num_hidden_layers=6,
+                                                    num_attention_heads=4, intermediate_size=64)),
+                     False, torch.device("cpu"), torch.float32, 0)
+    for sel, extra, want in [("bottom", {}, [0, 1, 2]), ("uniform", {}, [0, 2, 5]),
+                             ("list", {"layers": [5, 1, 3]}, [5, 1, 3])]:
+        s, layers = build_student(t, StudentConfig(num_layers=3, layer_selection=sel, **extra), 0)
+        assert layers == want
+        for i, j in enumerate(layers):
+            for a, b in zip(s.encoder.layer[i].parameters(), t.encoder.layer[j].parameters()):
+                assert torch.equal(a, b)
+        assert all(not p.requires_grad for p in s.embeddings.parameters())
+        assert all(p.requires_grad for p in s.encoder.parameters())
+    s, _ = build_student(t, StudentConfig(num_layers=2, freeze_embeddings=False), 0)
+    assert all(p.requires_grad for p in s.embeddings.parameters())
+    with pytest.raises(ModelError, match="num_layers=7 > the teacher's 6"):
+        build_student(t, StudentConfig(num_layers=7), 0)
+
+
+@pytest.mark.slow
+def test_bad_inputs_fail_fast_under_torchrun(shards, tmp_path):
+    cases = [
+        (["--data.shards=/nonexistent/shards"], "no manifest"),
+        (["--teacher.random_init.vocab_size=100"], "shards and teacher do not match"),
+        (["--loss.layer_map=[[1,9]]"], "layer_map: pair [1, 9] out of range"),
+        (["--student.num_layers=9"], "num_layers=9 > the teacher's 4"),
+        (["--engine.zero_stage=5"], "zero_stage: must be 0, 1, 2 or 3"),
+    ]
+    for overrides, message in cases:
+        t0 = time.time()
+        code, log = finish(launch("torchrun", tmp_path / "x", shards, *overrides), timeout=300)
+        assert code != 0 and message in log, (overrides, log[-2000:])
+        assert time.time() - t0 < 120

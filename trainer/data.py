@@ -1,0 +1,168 @@
+"""Training batches from data_prep shards: per-language streams mixed by q_i ∝ p_i^α, split
+across ranks and DataLoader workers, seeded shuffling, padding per batch, exact resume.
+
+Every (rank, worker) pair owns one deterministic, endless stream (no rank can run out and
+hang the others): its share of each language — whole shards when a language has at least one
+shard per stream, every S-th sample otherwise — read epoch after epoch in a seeded shard
+order through a seeded shuffle buffer, and mixed by a seeded draw of the language for every
+sample. The DataLoader hands out batches round-robin over its workers, so the data position
+is one number, the micro-batches this rank has consumed; on resume worker w plays the role
+of the worker that was next in line, and each role skips the batches it had produced.
+"""
+from __future__ import annotations
+
+import io
+import random
+import tarfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from configs import DataConfig
+from data_prep.manifest import read_manifest
+from data_prep.sampling import smoothed_probabilities
+
+
+class DataError(ValueError):
+    """Unusable training data (raised before any process group work)."""
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """What one (rank, role) stream reads of one language."""
+    shards: tuple[str, ...]
+    stride: int   # keep every stride-th sample ...
+    offset: int   # ... starting at this one (stride 1: whole shards)
+    samples: int
+
+
+def read_samples(path: str) -> Iterator[np.ndarray]:
+    """input_ids of each sample of one tar shard, in order."""
+    with tarfile.open(path, "r|") as tar:
+        for member in tar:
+            if member.name.endswith(".input_ids.npy"):
+                yield np.load(io.BytesIO(tar.extractfile(member).read()))
+
+
+def plan_streams(manifest: dict, root: str, languages: list[str], n_streams: int, sid: int) -> dict[str, StreamPlan]:
+    plans = {}
+    for lang in languages:
+        shards = manifest["languages"][lang]["shards"]
+        paths = [str(Path(root) / s["path"]) for s in shards]
+        if len(shards) >= n_streams:
+            mine = list(range(sid, len(shards), n_streams))
+            plans[lang] = StreamPlan(tuple(paths[i] for i in mine), 1, 0,
+                                     sum(shards[i]["samples"] for i in mine))
+        else:
+            total = sum(s["samples"] for s in shards)
+            plans[lang] = StreamPlan(tuple(paths), n_streams, sid, max(0, -(-(total - sid) // n_streams)))
+    return plans
+
+
+class MixedStream(IterableDataset):
+    """Endless micro-batches for one rank (see the module docstring)."""
+
+    def __init__(self, cfg: DataConfig, manifest: dict, weights: dict[str, float], pad_id: int,
+                 seed: int, rank: int, world: int, start_batch: int = 0):
+        self.cfg, self.manifest, self.weights = cfg, manifest, weights
+        self.languages = sorted(weights)
+        self.pad_id, self.seed, self.rank, self.world = pad_id, seed, rank, world
+        self.start_batch = start_batch
+        self.workers = max(1, cfg.num_workers)
+
+    def _lang_iter(self, lang: str, plan: StreamPlan, sid: int) -> Iterator[np.ndarray]:
+        epoch = 0
+        while True:
+            rng = random.Random(f"{self.seed}/{sid}/{lang}/{epoch}")
+            order = list(plan.shards)
+            rng.shuffle(order)
+            buf: list[np.ndarray] = []
+            k = 0
+            for path in order:
+                for ids in read_samples(path):
+                    if plan.stride > 1:
+                        keep = k % plan.stride == plan.offset
+                        k += 1
+                        if not keep:
+                            continue
+                    if len(buf) < self.cfg.shuffle_buffer:
+                        buf.append(ids)
+                        continue
+                    j = rng.randrange(len(buf))
+                    buf[j], ids = ids, buf[j]
+                    yield ids
+            rng.shuffle(buf)
+            yield from buf
+            epoch += 1
+
+    def _samples(self, role: int) -> Iterator[tuple[int, np.ndarray]]:
+        sid = self.rank * self.workers + role
+        plans = plan_streams(self.manifest, self.cfg.shards, self.languages, self.world * self.workers, sid)
+        langs = [lang for lang in self.languages if plans[lang].samples > 0]
+        if not langs:
+            raise DataError(f"stream {sid}: no samples (too few for {self.world} ranks × "
+                            f"{self.workers} workers)")
+        iters = {lang: self._lang_iter(lang, plans[lang], sid) for lang in langs}
+        w = [self.weights[lang] for lang in langs]
+        rng = random.Random(f"{self.seed}/{sid}/mix")
+        index = {lang: i for i, lang in enumerate(self.languages)}
+        while True:
+            lang = rng.choices(langs, weights=w)[0]
+            yield index[lang], next(iters[lang])
+
+    def _batches(self, role: int) -> Iterator[dict]:
+        it = self._samples(role)
+        B = self.cfg.micro_batch_size
+        while True:
+            items = [next(it) for _ in range(B)]
+            L = max(len(ids) for _, ids in items)
+            input_ids = torch.full((B, L), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((B, L), dtype=torch.long)
+            for r, (_, ids) in enumerate(items):
+                input_ids[r, :len(ids)] = torch.from_numpy(ids.astype(np.int64))
+                mask[r, :len(ids)] = 1
+            yield {"input_ids": input_ids, "attention_mask": mask,
+                   "lang": torch.tensor([li for li, _ in items], dtype=torch.long)}
+
+    def __iter__(self):
+        info = get_worker_info()
+        w = info.id if info is not None else 0
+        W = self.workers
+        role = (w + self.start_batch) % W             # who was next in line at the resume point
+        done = max(0, -(-(self.start_batch - role) // W))  # batches this role had produced
+        batches = self._batches(role)
+        for _ in range(done):
+            next(batches)
+        yield from batches
+
+
+def build_loader(cfg: DataConfig, pad_id: int, seed: int, rank: int, world: int,
+                 start_batch: int = 0) -> tuple[DataLoader, MixedStream]:
+    manifest = read_manifest(cfg.shards)
+    tokens = {k: v["tokens"] for k, v in manifest["languages"].items()
+              if not cfg.languages or k in cfg.languages}
+    missing = [k for k in cfg.languages if k not in manifest["languages"]]
+    if missing:
+        raise DataError(f"data.languages: {missing} not in {cfg.shards}/manifest.json "
+                        f"(has {sorted(manifest['languages'])})")
+    weights = {k: q for k, (_, q) in smoothed_probabilities(tokens, cfg.alpha).items() if q > 0}
+    ds = MixedStream(cfg, manifest, weights, pad_id, seed, rank, world, start_batch)
+    # its own generator: iterating a DataLoader draws a worker seed, which must not shift
+    # the global RNG that dropout uses (exact resume restores that one)
+    loader = DataLoader(ds, batch_size=None, num_workers=cfg.num_workers,
+                        prefetch_factor=4 if cfg.num_workers else None,
+                        persistent_workers=False, generator=torch.Generator().manual_seed(seed))
+    return loader, ds
+
+
+def tokens_per_language(batch: dict, languages: list[str]) -> Counter:
+    real = batch["attention_mask"].sum(1)
+    out: Counter = Counter()
+    for li, n in zip(batch["lang"].tolist(), real.tolist()):
+        out[languages[li]] += n
+    return out

@@ -1,0 +1,40 @@
+"""python -m trainer.distill --config configs/distill/<name>.yaml [--section.key=value ...]
+
+Also under `torchrun --nproc_per_node N -m trainer.distill ...` and
+`deepspeed --num_gpus N -m trainer.distill ...`. Re-running the same command resumes from the
+run's latest checkpoint. Exit codes: 0 done, 2 bad config/data, 75 checkpointed after
+SIGUSR1/SIGTERM (requeue and run again to resume).
+"""
+from __future__ import annotations
+
+import sys
+
+from configs import ConfigError, DistillConfig, parse_cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = [a for a in (sys.argv[1:] if argv is None else argv)
+            if not a.startswith("--local_rank")]  # the deepspeed launcher adds --local_rank=N
+    try:
+        cfg = parse_cli(DistillConfig, argv, "python -m trainer.distill", __doc__)
+        if cfg is None:
+            return 0
+        from data_prep import PrepError
+        from .data import DataError
+        from .distiller import Distiller
+        from .models import ModelError
+        try:
+            distiller = Distiller(cfg, command=" ".join(["python -m trainer.distill", *argv]))
+        except (PrepError, DataError, ModelError, ValueError) as e:
+            print(f"trainer.distill: error: {e}", file=sys.stderr)
+            return 2
+        code = distiller.train()
+        distiller.close()
+        return code
+    except ConfigError as e:
+        print(f"trainer.distill: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
