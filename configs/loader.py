@@ -33,6 +33,7 @@ class ConfigError(ValueError):
     """A config value is missing, unknown or of the wrong type (message names key + source)."""
 
 
+_FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -120,6 +121,8 @@ def _convert(value: Any, tp: Any, path: str, where: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
+            return float(value)  # PyYAML (YAML 1.1) reads `1e-4` as a string
         raise fail()
     if tp is str:
         if isinstance(value, str):

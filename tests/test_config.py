@@ -74,6 +74,16 @@ def test_cli_errors_name_the_flag(tmp_path):
         load(PrepConfig, p, ["packing.seq_len=3"])
 
 
+def test_scientific_notation_floats(tmp_path):
+    from configs import DistillConfig
+    p = write(tmp_path, "run: {output_dir: o}\nteacher: {name_or_path: t}\ndata: {shards: s}\n"
+                        "optim: {lr: 1e-4, eps: 1.0e-8}\n")
+    cfg = load(DistillConfig, p, ["--optim.weight_decay=5e-2"])
+    assert (cfg.optim.lr, cfg.optim.eps, cfg.optim.weight_decay) == (1e-4, 1e-8, 5e-2)
+    with pytest.raises(ConfigError, match=r"optim\.lr: expected float, got '1e-4x'"):
+        load(DistillConfig, p, ["--optim.lr=1e-4x"])
+
+
 def test_env_expansion(tmp_path, monkeypatch):
     p = write(tmp_path, BASE.replace("dir: out", "dir: '${LMB_TEST_DIR:-fallback}/shards'"))
     monkeypatch.delenv("LMB_TEST_DIR", raising=False)

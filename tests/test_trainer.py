@@ -40,14 +40,16 @@ def env():
 
 
 def launch(launcher, out, shards, *overrides, nproc=2, **kw):
-    args = ["-m", "trainer.distill", "--config", CONFIG, f"--data.shards={shards}",
+    args = ["trainer.distill", "--config", CONFIG, f"--data.shards={shards}",
             f"--run.output_dir={out}", "--run.trace=true", *overrides]
     if launcher == "torchrun":
-        cmd = [str(BIN / "torchrun"), "--nproc_per_node", str(nproc), "--master_port", str(_port()), *args]
+        cmd = [str(BIN / "torchrun"), "--nproc_per_node", str(nproc), "--master_port", str(_port()),
+               "-m", *args]
     elif launcher == "deepspeed":
-        cmd = [str(BIN / "deepspeed"), "--num_gpus", str(nproc), "--master_port", str(_port()), *args]
+        cmd = [str(BIN / "deepspeed"), "--num_gpus", str(nproc), "--master_port", str(_port()),
+               "--module", *args]
     else:
-        cmd = [sys.executable, *args]
+        cmd = [sys.executable, "-m", *args]
     return subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, **kw)
 

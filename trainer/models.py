@@ -79,6 +79,8 @@ def build_student(teacher: nn.Module, cfg: StudentConfig, seed: int) -> tuple[nn
         s_cfg.intermediate_size = 4 * cfg.hidden_size
         if cfg.init == "teacher":
             raise ModelError("student.hidden_size differs from the teacher's: set student.init: random")
+    if cfg.dropout is not None:
+        s_cfg.hidden_dropout_prob = s_cfg.attention_probs_dropout_prob = cfg.dropout
     layers = select_layers(cfg, t_cfg.num_hidden_layers)
     torch.manual_seed(seed)
     student = type(teacher)._from_config(s_cfg, attn_implementation="sdpa").float()
