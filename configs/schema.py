@@ -199,6 +199,9 @@ class StudentConfig:
     projection student → teacher width for the hidden loss. Needs freeze_embeddings: false."""
     init: Literal["teacher", "random"] = "teacher"
     """teacher = copy embeddings and layers; random = fresh init (an ablation)."""
+    init_from: str | None = None
+    """Start from an exported student (HF directory, e.g. a 128-token stage's `student/`) instead
+    of copying the teacher: for a second, 512-token stage."""
     dropout: float | None = None
     """Student hidden/attention dropout during distillation (None: the teacher's config). The
     teacher runs without dropout; with 0.1 on a tiny model most of the hidden MSE was dropout
@@ -236,11 +239,15 @@ class LossConfig:
     """Logit KD through the MLM heads (both models need one): fused KL at `temperature`."""
     temperature: float = 2.0
     """Temperature of the logit KD."""
+    mlm_weight: float = 0.0
+    """Hard MLM loss of the student on masked tokens (both models need MLM heads); turns on
+    BERT masking of the inputs (data.mlm_probability) for teacher and student alike."""
     impl: Literal["auto", "triton", "torch"] = "auto"
     """kernels implementation: auto = Triton on CUDA, torch elsewhere."""
 
     def __post_init__(self) -> None:
-        if min(self.hidden_weight, self.attention_weight, self.embedding_weight, self.logit_weight) < 0:
+        if min(self.hidden_weight, self.attention_weight, self.embedding_weight, self.logit_weight,
+               self.mlm_weight) < 0:
             raise ValueError("loss weights must be >= 0")
         if self.attention_temperature <= 0 or self.temperature <= 0:
             raise ValueError("temperatures must be > 0")
@@ -262,6 +269,9 @@ class DataConfig:
     """DataLoader worker processes per rank."""
     shuffle_buffer: int = 1000
     """Seeded shuffle buffer per language stream."""
+    mlm_probability: float = 0.15
+    """With loss.mlm_weight > 0: share of real tokens selected for MLM (80% [MASK], 10% random,
+    10% kept), seeded like the data order."""
 
     def __post_init__(self) -> None:
         if self.micro_batch_size < 1 or self.num_workers < 0 or self.shuffle_buffer < 1:

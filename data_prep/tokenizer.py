@@ -53,7 +53,7 @@ class RustTokenizer:
             tok = tok.get("content") if isinstance(tok, dict) else tok
             return self.backend_tokenizer.token_to_id(tok) if isinstance(tok, str) else None
 
-        for key in ("cls", "sep", "bos", "eos", "pad"):
+        for key in ("cls", "sep", "bos", "eos", "pad", "mask"):
             setattr(self, f"{key}_token_id", tid(f"{key}_token"))
 
     def __len__(self) -> int:

@@ -31,3 +31,14 @@ def test_bench_data_prep_small(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "bench_data_prep.csv")))
     assert [row["procs"] for row in rows] == ["1", "2"]
     assert all(int(row["tokens"]) > 0 and float(row["stage_vs_bare"]) > 0 for row in rows)
+
+
+@pytest.mark.slow
+def test_bench_step_small(tmp_path):
+    env = dict(os.environ, DS_ACCELERATOR="cpu")
+    r = subprocess.run([sys.executable, "-m", "benchmarks.bench_step", "--steps", "3", "--warmup", "1",
+                        "--batch", "4", "--out", str(tmp_path)], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    row = next(csv.DictReader(open(tmp_path / "bench_step.csv")))
+    assert float(row["ours_tok_s"]) > 0 and float(row["bare_tok_s"]) > 0

@@ -239,3 +239,85 @@ def test_bad_inputs_fail_fast_under_torchrun(shards, tmp_path):
         code, log = finish(launch("torchrun", tmp_path / "x", shards, *overrides), timeout=300)
         assert code != 0 and message in log, (overrides, log[-2000:])
         assert time.time() - t0 < 120
+
+
+def _tiny_teacher(mlm: bool, layers=4):
+    from configs import TeacherConfig
+    from trainer.models import load_teacher
+    return load_teacher(TeacherConfig(random_init=dict(vocab_size=300, hidden_size=32, num_hidden_layers=layers,
+                                                       num_attention_heads=4, intermediate_size=64)),
+                        mlm, torch.device("cpu"), torch.float32, 0)
+
+
+def _objective_step(teacher, student, loss_cfg, labels=None):
+    from trainer.capture import QKCapture
+    from trainer.losses import DistillObjective
+    obj = DistillObjective(loss_cfg, student, teacher)
+    sc, tc = QKCapture(student, obj.attention_layers[0]), QKCapture(teacher, obj.attention_layers[1])
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 300, (3, 13), generator=g)
+    mask = torch.ones(3, 13, dtype=torch.long)
+    mask[1, 8:] = 0
+    with torch.no_grad():
+        t = teacher(ids, attention_mask=mask, output_hidden_states=True)
+    s = student(ids, attention_mask=mask, output_hidden_states=True)
+    total, terms = obj(s.hidden_states, t.hidden_states, {i: sc.pop(i) for i in obj.attention_layers[0]},
+                       {i: tc.pop(i) for i in obj.attention_layers[1]}, mask, student, teacher, labels)
+    total.backward()
+    return obj, total, terms
+
+
+def test_logit_kd_and_mlm_terms_train_the_head():
+    from configs import LossConfig, StudentConfig
+    from trainer.models import build_student
+    teacher = _tiny_teacher(mlm=True)
+    student, _ = build_student(teacher, StudentConfig(num_layers=2), 0)
+    labels = torch.full((3, 13), -100)
+    labels[0, 3] = 17
+    labels[2, 5] = 42
+    _, total, terms = _objective_step(teacher, student, LossConfig(logit_weight=1.0, mlm_weight=0.5), labels)
+    assert set(terms) == {"hidden", "attention", "logit", "mlm"}
+    assert torch.isfinite(total) and terms["logit"] > 0 and terms["mlm"] > 0
+    assert student.cls.predictions.transform.dense.weight.grad.abs().sum() > 0
+    assert student.bert.embeddings.word_embeddings.weight.grad is None  # frozen (tied decoder too)
+
+
+def test_narrower_student_uses_a_learned_projection():
+    from configs import LossConfig, StudentConfig
+    from trainer.models import ModelError, build_student
+    teacher = _tiny_teacher(mlm=False)
+    with pytest.raises(ModelError, match="set student.init: random"):
+        build_student(teacher, StudentConfig(num_layers=2, hidden_size=16, freeze_embeddings=False), 0)
+    student, _ = build_student(teacher, StudentConfig(num_layers=2, hidden_size=16, freeze_embeddings=False,
+                                                      init="random"), 0)
+    obj, total, terms = _objective_step(teacher, student, LossConfig())
+    assert obj.proj is not None and obj.proj.weight.shape == (32, 16)
+    assert obj.proj.weight.grad.abs().sum() > 0 and torch.isfinite(total)
+
+
+def test_init_from_an_exported_student(tmp_path):
+    from configs import StudentConfig
+    from trainer.models import ModelError, build_student
+    teacher = _tiny_teacher(mlm=False)
+    first, _ = build_student(teacher, StudentConfig(num_layers=2, init="random", freeze_embeddings=False), 1)
+    first.save_pretrained(tmp_path / "stage1")
+    second, _ = build_student(teacher, StudentConfig(num_layers=2, init_from=str(tmp_path / "stage1")), 2)
+    for a, b in zip(first.parameters(), second.parameters()):
+        assert torch.equal(a, b)
+    with pytest.raises(ModelError, match="does not fit this student"):
+        build_student(teacher, StudentConfig(num_layers=3, init_from=str(tmp_path / "stage1")), 2)
+
+
+@pytest.mark.slow
+def test_all_loss_terms_under_deepspeed(shards, tmp_path):
+    out = tmp_path / "run"
+    code, log = finish(launch("torchrun", out, shards, "--run.max_steps=6", "--run.log_interval=1",
+                              "--loss.logit_weight=1.0", "--loss.mlm_weight=0.5", "--loss.attention=prob_kl",
+                              "--loss.embedding_weight=0.1", "--student.freeze_embeddings=false"))
+    assert code == 0, log[-3000:]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    ev = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0})
+    ev.Reload()
+    for tag in ("loss/logit", "loss/mlm", "loss/attention", "loss/embedding", "loss/hidden"):
+        vals = [e.value for e in ev.Scalars(tag)]
+        assert len(vals) == 6 and all(v == v and v >= 0 for v in vals), (tag, vals)

@@ -11,6 +11,7 @@ of the worker that was next in line, and each role skips the batches it had prod
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import random
 import tarfile
@@ -68,8 +69,9 @@ class MixedStream(IterableDataset):
     """Endless micro-batches for one rank (see the module docstring)."""
 
     def __init__(self, cfg: DataConfig, manifest: dict, weights: dict[str, float], pad_id: int,
-                 seed: int, rank: int, world: int, start_batch: int = 0):
+                 seed: int, rank: int, world: int, start_batch: int = 0, mask_id: int | None = None):
         self.cfg, self.manifest, self.weights = cfg, manifest, weights
+        self.mask_id = mask_id  # set: BERT masking for the MLM loss
         self.languages = sorted(weights)
         self.pad_id, self.seed, self.rank, self.world = pad_id, seed, rank, world
         self.start_batch = start_batch
@@ -115,8 +117,22 @@ class MixedStream(IterableDataset):
             lang = rng.choices(langs, weights=w)[0]
             yield index[lang], next(iters[lang])
 
+    def _mask(self, input_ids: torch.Tensor, real: torch.Tensor, g: torch.Generator) -> dict:
+        """BERT masking: p of the real, non-special tokens; 80% [MASK], 10% random, 10% kept."""
+        tok = self.manifest["tokenizer"]
+        special = (input_ids == tok["cls_id"]) | (input_ids == tok["sep_id"]) | ~real.bool()
+        pick = (torch.rand(input_ids.shape, generator=g) < self.cfg.mlm_probability) & ~special
+        labels = torch.where(pick, input_ids, torch.full_like(input_ids, -100))
+        r = torch.rand(input_ids.shape, generator=g)
+        rand_ids = torch.randint(0, tok["vocab_size"], input_ids.shape, generator=g)
+        masked = torch.where(pick & (r < 0.8), torch.full_like(input_ids, self.mask_id), input_ids)
+        masked = torch.where(pick & (r >= 0.8) & (r < 0.9), rand_ids, masked)
+        return {"input_ids": masked, "labels": labels}
+
     def _batches(self, role: int) -> Iterator[dict]:
         it = self._samples(role)
+        key = hashlib.sha256(f"{self.seed}/{self.rank}/{role}/mlm".encode()).hexdigest()
+        g = torch.Generator().manual_seed(int(key[:12], 16))  # stable across processes
         B = self.cfg.micro_batch_size
         while True:
             items = [next(it) for _ in range(B)]
@@ -126,8 +142,11 @@ class MixedStream(IterableDataset):
             for r, (_, ids) in enumerate(items):
                 input_ids[r, :len(ids)] = torch.from_numpy(ids.astype(np.int64))
                 mask[r, :len(ids)] = 1
-            yield {"input_ids": input_ids, "attention_mask": mask,
-                   "lang": torch.tensor([li for li, _ in items], dtype=torch.long)}
+            batch = {"input_ids": input_ids, "attention_mask": mask,
+                     "lang": torch.tensor([li for li, _ in items], dtype=torch.long)}
+            if self.mask_id is not None:
+                batch.update(self._mask(input_ids, mask, g))
+            yield batch
 
     def __iter__(self):
         info = get_worker_info()
@@ -142,7 +161,7 @@ class MixedStream(IterableDataset):
 
 
 def build_loader(cfg: DataConfig, pad_id: int, seed: int, rank: int, world: int,
-                 start_batch: int = 0) -> tuple[DataLoader, MixedStream]:
+                 start_batch: int = 0, mask_id: int | None = None) -> tuple[DataLoader, MixedStream]:
     manifest = read_manifest(cfg.shards)
     tokens = {k: v["tokens"] for k, v in manifest["languages"].items()
               if not cfg.languages or k in cfg.languages}
@@ -151,7 +170,7 @@ def build_loader(cfg: DataConfig, pad_id: int, seed: int, rank: int, world: int,
         raise DataError(f"data.languages: {missing} not in {cfg.shards}/manifest.json "
                         f"(has {sorted(manifest['languages'])})")
     weights = {k: q for k, (_, q) in smoothed_probabilities(tokens, cfg.alpha).items() if q > 0}
-    ds = MixedStream(cfg, manifest, weights, pad_id, seed, rank, world, start_batch)
+    ds = MixedStream(cfg, manifest, weights, pad_id, seed, rank, world, start_batch, mask_id)
     # its own generator: iterating a DataLoader draws a worker seed, which must not shift
     # the global RNG that dropout uses (exact resume restores that one)
     loader = DataLoader(ds, batch_size=None, num_workers=cfg.num_workers,

@@ -42,10 +42,11 @@ class DistillModule(nn.Module):
         self.student, self.objective = student, objective
         self.capture = QKCapture(student, objective.attention_layers[0])
 
-    def forward(self, input_ids, attention_mask, t_hidden, t_qk, teacher=None):
+    def forward(self, input_ids, attention_mask, t_hidden, t_qk, teacher=None, labels=None):
         out = self.student(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
         s_qk = {i: self.capture.pop(i) for i in self.objective.attention_layers[0]}
-        return self.objective(out.hidden_states, t_hidden, s_qk, t_qk, attention_mask, self.student, teacher)
+        return self.objective(out.hidden_states, t_hidden, s_qk, t_qk, attention_mask, self.student,
+                              teacher, labels)
 
 
 def _init_dist(cuda: bool) -> tuple[int, int]:
@@ -87,7 +88,7 @@ class Distiller:
         # 3. teacher: frozen, eval, no_grad, no optimizer
         t_dtype = {"auto": torch.bfloat16 if self.cuda else torch.float32, "fp32": torch.float32,
                    "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.teacher.dtype]
-        with_head = cfg.loss.logit_weight > 0
+        with_head = cfg.loss.logit_weight > 0 or cfg.loss.mlm_weight > 0
         self.teacher = load_teacher(cfg.teacher, with_head, self.device, t_dtype, run.seed)
         self._check_tokenizer()
 
@@ -127,7 +128,8 @@ class Distiller:
         self.pad_id = self.manifest["tokenizer"]["pad_id"]
         self.languages = sorted(self.manifest["languages"])
         self.loader, self.stream = build_loader(cfg.data, self.pad_id, run.seed, self.rank,
-                                                self.world, start_batch=self.consumed)
+                                                self.world, start_batch=self.consumed,
+                                                mask_id=self._mask_id() if cfg.loss.mlm_weight > 0 else None)
         self.stream_languages = self.stream.languages
 
         # 8. metrics + run-dir records (rank 0)
@@ -182,6 +184,14 @@ class Distiller:
                                  f"the teacher's own tokenizer in {path} (sha256 {mine.sha256[:12]} vs "
                                  f"{tok['sha256'][:12]}): re-shard with the teacher's tokenizer")
 
+    def _mask_id(self) -> int:
+        from data_prep.tokenizer import load_tokenizer
+        name = self.manifest["tokenizer"]["name"]
+        mask_id = getattr(load_tokenizer(name), "mask_token_id", None)
+        if mask_id is None:
+            raise ModelError(f"loss.mlm_weight > 0 but tokenizer {name!r} has no mask token")
+        return int(mask_id)
+
     def _flops(self) -> tuple[float, float]:
         """(training FLOPs per token, device peak FLOP/s) for MFU on GPU: 2·N per token for the
         teacher's forward + 6·N for the student's forward and backward (embeddings excluded)."""
@@ -222,7 +232,7 @@ class Distiller:
             self.consumed += 1
             t_hidden, t_qk = self._teacher(batch)
             loss, terms = self.engine(batch["input_ids"], batch["attention_mask"], t_hidden, t_qk,
-                                      self.teacher)
+                                      self.teacher, batch.get("labels"))
             if self._all(float(torch.isfinite(loss).all()), dist.ReduceOp.MIN) < 1:
                 self.bad_steps += 1
                 self._log(f"step {self.step + 1}: non-finite loss on some rank; batch skipped "

@@ -58,7 +58,7 @@ class DistillObjective(nn.Module):
                              f"{s.num_attention_heads} heads, teacher {t.num_attention_heads}")
         # TinyBERT's learned W_h when the widths differ (shared by all mapped layers)
         self.proj = nn.Linear(s.hidden_size, t.hidden_size) if s.hidden_size != t.hidden_size else None
-        if cfg.logit_weight > 0:
+        if cfg.logit_weight > 0 or cfg.mlm_weight > 0:
             mlm_head(student), mlm_head(teacher)
 
     @property
@@ -71,7 +71,7 @@ class DistillObjective(nn.Module):
     def _h(self, h: torch.Tensor) -> torch.Tensor:
         return self.proj(h) if self.proj is not None else h
 
-    def forward(self, s_hidden, t_hidden, s_qk, t_qk, mask, student=None, teacher=None):
+    def forward(self, s_hidden, t_hidden, s_qk, t_qk, mask, student=None, teacher=None, labels=None):
         """Returns (total loss, {term: value}). s_qk/t_qk map 0-based layer → (q, k)."""
         c, impl = self.cfg, self.cfg.impl
         terms: dict[str, torch.Tensor] = {}
@@ -94,7 +94,14 @@ class DistillObjective(nn.Module):
                 t_rows = t_tr(t_hidden[-1]).reshape(-1, t_w.shape[1])[rows]
             terms["logit"] = kernels.fused_linear_kl(s_rows, s_w, t_rows, t_w, s_b, t_b,
                                                      temperature=c.temperature, impl=impl)
+        if c.mlm_weight > 0:
+            s_tr, s_w, s_b = mlm_head(student)
+            picked = labels.reshape(-1) != -100
+            rows = s_tr(s_hidden[-1]).reshape(-1, s_w.shape[1])[picked]
+            logits = nn.functional.linear(rows.float(), s_w.float(), s_b.float())  # masked rows only
+            terms["mlm"] = nn.functional.cross_entropy(logits, labels.reshape(-1)[picked]) \
+                if rows.shape[0] else s_hidden[-1].sum() * 0.0
         weights = {"hidden": c.hidden_weight, "embedding": c.embedding_weight,
-                   "attention": c.attention_weight, "logit": c.logit_weight}
+                   "attention": c.attention_weight, "logit": c.logit_weight, "mlm": c.mlm_weight}
         total = sum(weights[k] * v for k, v in terms.items())
         return total, terms

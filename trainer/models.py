@@ -40,7 +40,11 @@ def load_teacher(cfg: TeacherConfig, with_mlm_head: bool, device: torch.device, 
     else:
         try:
             hf_cfg = AutoConfig.from_pretrained(cfg.name_or_path)
-            model = cls.from_pretrained(cfg.name_or_path, attn_implementation="sdpa")
+            extra = {} if with_mlm_head else {"add_pooling_layer": False}  # the pooler is unused
+            try:
+                model = cls.from_pretrained(cfg.name_or_path, attn_implementation="sdpa", **extra)
+            except TypeError:  # an encoder class without a pooler option
+                model = cls.from_pretrained(cfg.name_or_path, attn_implementation="sdpa")
         except (OSError, ValueError) as e:
             raise ModelError(f"teacher.name_or_path={cfg.name_or_path!r}: cannot load "
                              f"({type(e).__name__}: {e})") from None
@@ -84,7 +88,18 @@ def build_student(teacher: nn.Module, cfg: StudentConfig, seed: int) -> tuple[nn
     layers = select_layers(cfg, t_cfg.num_hidden_layers)
     torch.manual_seed(seed)
     student = type(teacher)._from_config(s_cfg, attn_implementation="sdpa").float()
-    if cfg.init == "teacher":
+    if cfg.init_from:  # a second stage: continue from an exported student
+        from transformers import AutoModel, AutoModelForMaskedLM
+        loader = AutoModelForMaskedLM if hasattr(student, "cls") or hasattr(student, "lm_head") else AutoModel
+        try:
+            prev = loader.from_pretrained(cfg.init_from)
+        except (OSError, ValueError) as e:
+            raise ModelError(f"student.init_from={cfg.init_from!r}: cannot load ({e})") from None
+        missing, unexpected = student.load_state_dict(_fp32(prev.state_dict()), strict=False)
+        if unexpected or [k for k in missing if "pooler" not in k and "position_ids" not in k]:
+            raise ModelError(f"student.init_from={cfg.init_from!r} does not fit this student "
+                             f"(missing {missing[:4]}, unexpected {unexpected[:4]})")
+    elif cfg.init == "teacher":
         t_enc, s_enc = encoder_of(teacher), encoder_of(student)
         s_enc.embeddings.load_state_dict(_fp32(t_enc.embeddings.state_dict()))
         for i, j in enumerate(layers):
