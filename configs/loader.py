@@ -166,6 +166,11 @@ def _build(cls: type, raw: dict, prefix: str, where: str) -> Any:
 
 
 # ---------------------------------------------------------------------------- overrides
+class _Replace(dict):
+    """A mapping given literally on the command line (`--a.b={...}`): it replaces the file's
+    value instead of being merged into it (`--a.b.c=v` still sets one key)."""
+
+
 def _hint_at(cls: type, dotted: str) -> Any:
     """Type hint of `a.b.c` in the schema (None where the path leaves the dataclasses)."""
     tp: Any = cls
@@ -206,6 +211,8 @@ def parse_overrides(args: list[str], cls: type) -> dict:
                 value = yaml.safe_load(text) if text != "" else ""
             except yaml.YAMLError as e:
                 raise ConfigError(f"{key}: cannot parse {text!r} (from --{key}): {e}") from None
+            if isinstance(value, dict):
+                value = _Replace(value)
         node = out
         parts = key.split(".")
         for part in parts[:-1]:
@@ -219,7 +226,7 @@ def parse_overrides(args: list[str], cls: type) -> dict:
 def _merge(base: dict, over: dict) -> dict:
     out = dict(base)
     for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
+        if isinstance(v, dict) and not isinstance(v, _Replace) and isinstance(out.get(k), dict):
             out[k] = _merge(out[k], v)
         else:
             out[k] = v
@@ -230,7 +237,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
         p = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, dict) and v:
+        if isinstance(v, dict) and v and not isinstance(v, _Replace):
             out.update(_flatten(v, p))
         else:
             out[p] = v

@@ -59,9 +59,11 @@ def test_precedence_cli_over_file_over_default(tmp_path):
     # a string field keeps the CLI text verbatim (no YAML typing of "123" or "yes")
     assert load(PrepConfig, p, ["--packing.prefix=123"]).packing.prefix == "123"
     assert load(PrepConfig, p, ["--output.dir=yes"]).output.dir == "yes"
-    # a float field accepts an int; a list field accepts a single item
+    # a list field accepts a single item; a nested key merges, a literal mapping replaces
     cfg = load(PrepConfig, p, ["--input.languages.de=b.txt"])
     assert cfg.input.languages == {"en": ["a.txt"], "de": ["b.txt"]}
+    cfg = load(PrepConfig, p, ["--input.languages={de: [b.txt]}"])
+    assert cfg.input.languages == {"de": ["b.txt"]}
 
 
 def test_cli_errors_name_the_flag(tmp_path):

@@ -200,7 +200,7 @@ def test_frozen_embeddings_export_and_tensorboard(shards, tmp_path):
     tags = set(ev.Tags()["scalars"])
     for tag in ("loss/total", "loss/hidden", "loss/attention", "lr", "grad_norm",
                 "throughput/tokens_per_s", "throughput/samples_per_s", "time/step_s",
-                "memory/host_rss_gib", "data/bad_steps", "data/tokens/en"):
+                "memory/host_rss_gib", "data/skipped_batches", "data/tokens/en"):
         assert tag in tags, (tag, sorted(tags))
 
 
@@ -321,3 +321,64 @@ def test_all_loss_terms_under_deepspeed(shards, tmp_path):
     for tag in ("loss/logit", "loss/mlm", "loss/attention", "loss/embedding", "loss/hidden"):
         vals = [e.value for e in ev.Scalars(tag)]
         assert len(vals) == 6 and all(v == v and v >= 0 for v in vals), (tag, vals)
+
+
+NAN_DRIVER = """
+import sys, torch
+import trainer.losses as L
+orig, calls = L.DistillObjective.forward, [0]
+def forward(self, *a, **k):
+    total, terms = orig(self, *a, **k)
+    calls[0] += 1
+    if calls[0] in BAD:
+        total = total * float("nan")
+    return total, terms
+L.DistillObjective.forward = forward
+from trainer.distill import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_nonfinite_losses_are_skipped_counted_and_abort(shards, tmp_path):
+    def run(bad, out, *extra):
+        code = NAN_DRIVER.replace("BAD", repr(set(bad)))
+        p = subprocess.run([sys.executable, "-c", code, "--config", CONFIG, f"--data.shards={shards}",
+                            f"--run.output_dir={out}", "--run.trace=true", "--run.log_interval=1", *extra],
+                           cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
+        return p.returncode, p.stdout + p.stderr
+    code, log = run({3, 4}, tmp_path / "a", "--run.max_steps=6")
+    assert code == 0, log[-3000:]
+    assert "non-finite loss" in log and "(2 in a row)" in log
+    t = trace(tmp_path / "a")
+    assert [r["step"] for r in t] == list(range(1, 7)) and all(r["loss"] != "nan" for r in t)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    ev = EventAccumulator(str(tmp_path / "a" / "tensorboard"), size_guidance={"scalars": 0})
+    ev.Reload()
+    assert ev.Scalars("data/skipped_batches")[-1].value == 2
+    code, log = run(set(range(1, 100)), tmp_path / "b", "--run.max_steps=6", "--run.max_bad_steps=4")
+    assert code == 3 and "4 consecutive non-finite losses" in log, log[-3000:]
+
+
+@pytest.mark.slow
+def test_teacher_directory_with_another_tokenizer_is_refused(shards, tmp_path):
+    from configs import TeacherConfig
+    from tests.helpers import make_tokenizer
+    from trainer.models import load_teacher
+    cfg = load(DistillConfig, REPO / CONFIG)
+    teacher = load_teacher(cfg.teacher, False, torch.device("cpu"), torch.float32, 0)
+    good = tmp_path / "teacher_good"
+    teacher.save_pretrained(good)
+    import shutil
+    manifest = json.loads((shards / "manifest.json").read_text())
+    for f in Path(manifest["tokenizer"]["name"]).iterdir():
+        shutil.copy(f, good / f.name)
+    code, log = finish(launch("python", tmp_path / "ok", shards, f"--teacher.name_or_path={good}",
+                              "--teacher.random_init={}", "--run.max_steps=2", nproc=1))
+    assert code == 0, log[-3000:]
+    bad = tmp_path / "teacher_bad"
+    teacher.save_pretrained(bad)
+    make_tokenizer(bad, extra_text=["a different vocabulary entirely"])
+    code, log = finish(launch("python", tmp_path / "no", shards, f"--teacher.name_or_path={bad}",
+                              "--teacher.random_init={}", "--run.max_steps=2", nproc=1))
+    assert code == 2 and "differs from the teacher's own tokenizer" in log, log[-3000:]

@@ -3,7 +3,8 @@
 Also under `torchrun --nproc_per_node N -m trainer.distill ...` and
 `deepspeed --num_gpus N -m trainer.distill ...`. Re-running the same command resumes from the
 run's latest checkpoint. Exit codes: 0 done, 2 bad config/data, 75 checkpointed after
-SIGUSR1/SIGTERM (requeue and run again to resume).
+SIGUSR1/SIGTERM (requeue and run again to resume), 3 aborted after run.max_bad_steps
+consecutive non-finite losses.
 """
 from __future__ import annotations
 
@@ -28,7 +29,11 @@ def main(argv: list[str] | None = None) -> int:
         except (PrepError, DataError, ModelError, ValueError) as e:
             print(f"trainer.distill: error: {e}", file=sys.stderr)
             return 2
-        code = distiller.train()
+        try:
+            code = distiller.train()
+        except FloatingPointError as e:
+            print(f"trainer.distill: error: {e}", file=sys.stderr)
+            return 3
         distiller.close()
         return code
     except ConfigError as e:

@@ -116,7 +116,8 @@ class Distiller:
         # 6. data (the position is set on resume)
         self.step = 0
         self.consumed = 0  # micro-batches this rank has consumed
-        self.bad_steps = 0
+        self.bad_steps = 0      # consecutive non-finite micro-batches
+        self.skipped = 0        # all skipped micro-batches of the run
         self.ckpt = Checkpointer(self.run_dir, run.keep_checkpoints, self.rank)
 
         # 7. resume: the same command restarts from the latest complete checkpoint
@@ -124,6 +125,7 @@ class Distiller:
         if client is not None:
             self.step, self.consumed = client["step"], client["consumed"]
             self.bad_steps = client.get("bad_steps", 0)
+            self.skipped = client.get("skipped", 0)
             self._log(f"resumed from {client['tag']} (step {self.step})")
         self.pad_id = self.manifest["tokenizer"]["pad_id"]
         self.languages = sorted(self.manifest["languages"])
@@ -216,7 +218,8 @@ class Distiller:
         return t.item()
 
     def state(self) -> dict:
-        return {"step": self.step, "consumed": self.consumed, "bad_steps": self.bad_steps}
+        return {"step": self.step, "consumed": self.consumed, "bad_steps": self.bad_steps,
+                "skipped": self.skipped}
 
     # ------------------------------------------------------------------ training
     def train_step(self, data_iter) -> dict:
@@ -235,6 +238,7 @@ class Distiller:
                                       self.teacher, batch.get("labels"))
             if self._all(float(torch.isfinite(loss).all()), dist.ReduceOp.MIN) < 1:
                 self.bad_steps += 1
+                self.skipped += 1
                 self._log(f"step {self.step + 1}: non-finite loss on some rank; batch skipped "
                           f"({self.bad_steps} in a row)")
                 if self.bad_steps >= self.cfg.run.max_bad_steps:
@@ -273,7 +277,7 @@ class Distiller:
             scalars = {f"loss/{k}": v for k, v in out["terms"].items()}
             scalars["lr"] = self.scheduler.get_last_lr()[0]
             scalars["grad_norm"] = out["grad_norm"]
-            scalars["data/bad_steps"] = self.bad_steps
+            scalars["data/skipped_batches"] = self.skipped
             self.metrics.step(self.step, scalars, out["tokens"], out["samples"], dt, Counter(out["langs"]))
             if run.trace:
                 with open(self.run_dir / f"trace_rank{self.rank}.jsonl", "a") as f:

@@ -11,7 +11,7 @@ import torch
 
 TAGS = ("loss/total", "loss/hidden", "loss/attention", "loss/embedding", "loss/logit", "lr",
         "grad_norm", "throughput/tokens_per_s", "throughput/samples_per_s", "time/step_s",
-        "memory/host_rss_gib", "memory/gpu_peak_gib", "perf/mfu", "data/bad_steps",
+        "memory/host_rss_gib", "memory/gpu_peak_gib", "perf/mfu", "data/skipped_batches",
         "data/tokens/<lang>")
 
 
