@@ -9,7 +9,6 @@ Prints a table and writes CSV. Goal: stage ≥ 85% of the bare tokenizer; near-l
 from __future__ import annotations
 
 import argparse
-import csv
 import multiprocessing as mp
 import os
 import shutil
@@ -17,6 +16,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from .report import report
 
 LANGS = ["en", "de", "ru", "zh", "ar", "hi", "es", "el"]
 
@@ -112,17 +113,7 @@ def main(argv=None) -> int:
     for r in rows:
         r["scaling_vs_1proc"] = round(r["stage_tok_s"] / base, 2)
     print(f"\nbench_data_prep: {what}; {mbytes:.1f} MB of text, {os.cpu_count()} CPUs")
-    cols = list(rows[0])
-    print(" | ".join(f"{c:>14}" for c in cols))
-    for r in rows:
-        print(" | ".join(f"{r[c]:>14}" for c in cols))
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "bench_data_prep.csv"
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        w.writerows(rows)
-    print(f"wrote {path}")
+    report(rows, args.out / "bench_data_prep.csv")
     return 0
 
 

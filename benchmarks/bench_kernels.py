@@ -14,12 +14,13 @@ fused-linear N ∈ {4096, 16384}, d = 768, V = 119,547.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from .report import report
 
 
 def main(argv=None) -> int:
@@ -161,19 +162,8 @@ def main(argv=None) -> int:
     device = torch.cuda.get_device_name() if cuda else "CPU (Triton interpreter; timings meaningless)"
     print(f"\nbench_kernels on {device}, dtype {str(dtype).replace('torch.', '')}, "
           f"copy bandwidth {copy_gbs:.0f} GB/s")
-    cols = ["op", "shape", "provider", "ms", "peak_mib", "gbs", "pct_copy"]
-    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in cols]
-    print(" | ".join(c.ljust(w) for c, w in zip(cols, widths)))
-    for r in rows:
-        print(" | ".join(str(r[c]).ljust(w) for c, w in zip(cols, widths)))
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / ("bench_kernels_tiny.csv" if args.tiny else "bench_kernels.csv")
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["device", "dtype", "copy_gbs", *cols])
-        w.writeheader()
-        for r in rows:
-            w.writerow({"device": device, "dtype": str(dtype), "copy_gbs": round(copy_gbs, 1), **r})
-    print(f"wrote {path}")
+    report(rows, args.out / ("bench_kernels_tiny.csv" if args.tiny else "bench_kernels.csv"),
+           extra={"device": device, "dtype": str(dtype), "copy_gbs": round(copy_gbs, 1)})
     return 0
 
 

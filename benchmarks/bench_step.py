@@ -12,12 +12,13 @@ Prints a table and writes CSV.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from .report import report
 
 SIZES = {  # teacher BertConfig, student layers
     "small": (dict(vocab_size=512, hidden_size=256, num_hidden_layers=6, num_attention_heads=4,
@@ -142,15 +143,7 @@ def main(argv=None) -> int:
            "ours_tok_s": round(ours), "bare_tok_s": round(bare), "overhead": round(bare / ours, 3),
            "mfu": round(ours * flops_tok / peak, 3) if peak else ""}
     print(f"\nbench_step on {device}")
-    print(" | ".join(f"{k}" for k in row))
-    print(" | ".join(f"{v}" for v in row.values()))
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "bench_step.csv"
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(row))
-        w.writeheader()
-        w.writerow(row)
-    print(f"wrote {path}")
+    report([row], args.out / "bench_step.csv")
     return 0
 
 

@@ -59,6 +59,35 @@ def _load_rows(ptr, b, h, offs, L, sb, sh, sl, D, BLOCK_D: tl.constexpr):
 
 
 @triton.jit
+def _load_block(XS, XT, M, b, h, offs, L, s_sb, s_sh, s_sl, t_sb, t_sh, t_sl, m_sb, DS, DT,
+                BLOCK_DS: tl.constexpr, BLOCK_DT: tl.constexpr):
+    """Student and teacher rows (q or k) of one block, and their token mask."""
+    xs = _load_rows(XS, b, h, offs, L, s_sb, s_sh, s_sl, DS, BLOCK_DS)
+    xt = _load_rows(XT, b, h, offs, L, t_sb, t_sh, t_sl, DT, BLOCK_DT)
+    m = tl.load(M + b * m_sb + offs, mask=offs < L, other=0.0)
+    return xs, xt, m
+
+
+@triton.jit
+def _load_lse(LSE_S, LSE_T, b, h, H, L, offs, LOSS: tl.constexpr, BLOCK: tl.constexpr):
+    if LOSS == 1:
+        row = (b * H + h) * L + offs
+        lse_s = tl.load(LSE_S + row, mask=offs < L, other=0.0)
+        lse_t = tl.load(LSE_T + row, mask=offs < L, other=0.0)
+    else:  # the MSE needs no normaliser
+        lse_s = tl.zeros([BLOCK], dtype=tl.float32)
+        lse_t = lse_s
+    return lse_s, lse_t
+
+
+@triton.jit
+def _store_rows(ptr, val, b, h, offs, L, sb, sh, sl, D, BLOCK_D: tl.constexpr):
+    d = tl.arange(0, BLOCK_D)
+    p = ptr + b * sb + h * sh + offs[:, None] * sl + d[None, :]
+    tl.store(p, val, mask=(offs[:, None] < L) & (d[None, :] < D))
+
+
+@triton.jit
 def _fwd(SQ, SK, TQ, TK, M, PART, DQ, LSE_S, LSE_T,
          s_sb, s_sh, s_sl, t_sb, t_sh, t_sl, m_sb, H, L, DS, DT, scale_s, scale_t, inv_t,
          LOSS: tl.constexpr, WITH_DQ: tl.constexpr, PREC: tl.constexpr, GPREC: tl.constexpr,
@@ -66,9 +95,8 @@ def _fwd(SQ, SK, TQ, TK, M, PART, DQ, LSE_S, LSE_T,
     pid_m, bh = tl.program_id(0), tl.program_id(1)
     b, h = bh // H, bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    qs = _load_rows(SQ, b, h, offs_m, L, s_sb, s_sh, s_sl, DS, BLOCK_DS)
-    qt = _load_rows(TQ, b, h, offs_m, L, t_sb, t_sh, t_sl, DT, BLOCK_DT)
-    mi = tl.load(M + b * m_sb + offs_m, mask=offs_m < L, other=0.0)
+    qs, qt, mi = _load_block(SQ, TQ, M, b, h, offs_m, L, s_sb, s_sh, s_sl, t_sb, t_sh, t_sl, m_sb,
+                             DS, DT, BLOCK_DS, BLOCK_DT)
     acc = tl.zeros([BLOCK_M], dtype=tl.float32)
     dq = tl.zeros([BLOCK_M, BLOCK_DS], dtype=tl.float32)
     m_s = tl.full([BLOCK_M], _NEG, tl.float32)
@@ -77,9 +105,8 @@ def _fwd(SQ, SK, TQ, TK, M, PART, DQ, LSE_S, LSE_T,
     l_t = tl.zeros([BLOCK_M], dtype=tl.float32)
     for start in range(0, L, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
-        ks = _load_rows(SK, b, h, offs_n, L, s_sb, s_sh, s_sl, DS, BLOCK_DS)
-        kt = _load_rows(TK, b, h, offs_n, L, t_sb, t_sh, t_sl, DT, BLOCK_DT)
-        mj = tl.load(M + b * m_sb + offs_n, mask=offs_n < L, other=0.0)
+        ks, kt, mj = _load_block(SK, TK, M, b, h, offs_n, L, s_sb, s_sh, s_sl, t_sb, t_sh, t_sl, m_sb,
+                                 DS, DT, BLOCK_DS, BLOCK_DT)
         ss, st = _scores(qs, qt, ks, kt, scale_s, scale_t, PREC)
         if LOSS == 0:
             d = tl.where((mi[:, None] > 0) & (mj[None, :] > 0), ss - st, 0.0)
@@ -102,9 +129,7 @@ def _fwd(SQ, SK, TQ, TK, M, PART, DQ, LSE_S, LSE_T,
     if LOSS == 0:
         total = tl.sum(acc, axis=0)
         if WITH_DQ:
-            d = tl.arange(0, BLOCK_DS)
-            p = DQ + b * s_sb + h * s_sh + offs_m[:, None] * s_sl + d[None, :]
-            tl.store(p, dq * scale_s, mask=(offs_m[:, None] < L) & (d[None, :] < DS))
+            _store_rows(DQ, dq * scale_s, b, h, offs_m, L, s_sb, s_sh, s_sl, DS, BLOCK_DS)
     else:
         lse_s = m_s + tl.log(l_s)
         lse_t = m_t + tl.log(l_t)
@@ -123,23 +148,17 @@ def _bwd_dq(SQ, SK, TQ, TK, M, DQ, LSE_S, LSE_T,
     pid_m, bh = tl.program_id(0), tl.program_id(1)
     b, h = bh // H, bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    qs = _load_rows(SQ, b, h, offs_m, L, s_sb, s_sh, s_sl, DS, BLOCK_DS)
-    qt = _load_rows(TQ, b, h, offs_m, L, t_sb, t_sh, t_sl, DT, BLOCK_DT)
-    mi = tl.load(M + b * m_sb + offs_m, mask=offs_m < L, other=0.0)
-    row = (b * H + h) * L + offs_m
-    lse_s = tl.load(LSE_S + row, mask=offs_m < L, other=0.0)
-    lse_t = tl.load(LSE_T + row, mask=offs_m < L, other=0.0)
+    qs, qt, mi = _load_block(SQ, TQ, M, b, h, offs_m, L, s_sb, s_sh, s_sl, t_sb, t_sh, t_sl, m_sb,
+                             DS, DT, BLOCK_DS, BLOCK_DT)
+    lse_s, lse_t = _load_lse(LSE_S, LSE_T, b, h, H, L, offs_m, LOSS, BLOCK_M)
     dq = tl.zeros([BLOCK_M, BLOCK_DS], dtype=tl.float32)
     for start in range(0, L, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
-        ks = _load_rows(SK, b, h, offs_n, L, s_sb, s_sh, s_sl, DS, BLOCK_DS)
-        kt = _load_rows(TK, b, h, offs_n, L, t_sb, t_sh, t_sl, DT, BLOCK_DT)
-        mj = tl.load(M + b * m_sb + offs_n, mask=offs_n < L, other=0.0)
+        ks, kt, mj = _load_block(SK, TK, M, b, h, offs_n, L, s_sb, s_sh, s_sl, t_sb, t_sh, t_sl, m_sb,
+                                 DS, DT, BLOCK_DS, BLOCK_DT)
         d = _tile_dS(qs, qt, ks, kt, mi, mj, lse_s, lse_t, scale_s, scale_t, inv_t, LOSS, PREC)
         dq += tl.dot(d, ks.to(tl.float32), input_precision=GPREC)
-    d = tl.arange(0, BLOCK_DS)
-    p = DQ + b * s_sb + h * s_sh + offs_m[:, None] * s_sl + d[None, :]
-    tl.store(p, dq * scale_s, mask=(offs_m[:, None] < L) & (d[None, :] < DS))
+    _store_rows(DQ, dq * scale_s, b, h, offs_m, L, s_sb, s_sh, s_sl, DS, BLOCK_DS)
 
 
 @triton.jit
@@ -150,27 +169,17 @@ def _bwd_dk(SQ, SK, TQ, TK, M, DK, LSE_S, LSE_T,
     pid_n, bh = tl.program_id(0), tl.program_id(1)
     b, h = bh // H, bh % H
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    ks = _load_rows(SK, b, h, offs_n, L, s_sb, s_sh, s_sl, DS, BLOCK_DS)
-    kt = _load_rows(TK, b, h, offs_n, L, t_sb, t_sh, t_sl, DT, BLOCK_DT)
-    mj = tl.load(M + b * m_sb + offs_n, mask=offs_n < L, other=0.0)
+    ks, kt, mj = _load_block(SK, TK, M, b, h, offs_n, L, s_sb, s_sh, s_sl, t_sb, t_sh, t_sl, m_sb,
+                             DS, DT, BLOCK_DS, BLOCK_DT)
     dk = tl.zeros([BLOCK_N, BLOCK_DS], dtype=tl.float32)
     for start in range(0, L, BLOCK_M):
         offs_m = start + tl.arange(0, BLOCK_M)
-        qs = _load_rows(SQ, b, h, offs_m, L, s_sb, s_sh, s_sl, DS, BLOCK_DS)
-        qt = _load_rows(TQ, b, h, offs_m, L, t_sb, t_sh, t_sl, DT, BLOCK_DT)
-        mi = tl.load(M + b * m_sb + offs_m, mask=offs_m < L, other=0.0)
-        if LOSS == 1:
-            row = (b * H + h) * L + offs_m
-            lse_s = tl.load(LSE_S + row, mask=offs_m < L, other=0.0)
-            lse_t = tl.load(LSE_T + row, mask=offs_m < L, other=0.0)
-        else:
-            lse_s = tl.zeros([BLOCK_M], dtype=tl.float32)
-            lse_t = lse_s
+        qs, qt, mi = _load_block(SQ, TQ, M, b, h, offs_m, L, s_sb, s_sh, s_sl, t_sb, t_sh, t_sl, m_sb,
+                                 DS, DT, BLOCK_DS, BLOCK_DT)
+        lse_s, lse_t = _load_lse(LSE_S, LSE_T, b, h, H, L, offs_m, LOSS, BLOCK_M)
         d = _tile_dS(qs, qt, ks, kt, mi, mj, lse_s, lse_t, scale_s, scale_t, inv_t, LOSS, PREC)
         dk += tl.dot(tl.trans(d), qs.to(tl.float32), input_precision=GPREC)
-    d = tl.arange(0, BLOCK_DS)
-    p = DK + b * s_sb + h * s_sh + offs_n[:, None] * s_sl + d[None, :]
-    tl.store(p, dk * scale_s, mask=(offs_n[:, None] < L) & (d[None, :] < DS))
+    _store_rows(DK, dk * scale_s, b, h, offs_n, L, s_sb, s_sh, s_sl, DS, BLOCK_DS)
 
 
 # ------------------------------------------------------------------------------ launchers

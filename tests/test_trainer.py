@@ -362,7 +362,6 @@ def test_nonfinite_losses_are_skipped_counted_and_abort(shards, tmp_path):
 
 @pytest.mark.slow
 def test_teacher_directory_with_another_tokenizer_is_refused(shards, tmp_path):
-    from configs import TeacherConfig
     from tests.helpers import make_tokenizer
     from trainer.models import load_teacher
     cfg = load(DistillConfig, REPO / CONFIG)
