@@ -194,11 +194,16 @@ def _config(s_q, t_q):
     DT = t_q.shape[-1]
     if DS > 128 or DT > 128:
         raise ValueError(f"head dim up to 128 supported, got student {DS}, teacher {DT}")
-    interp = not s_q.is_cuda  # the CPU interpreter: bigger blocks run faster there
-    block = 32 if interp else 64
-    fp32 = s_q.dtype == torch.float32
-    return dict(B=B, H=H, L=L, DS=DS, DT=DT, BLOCK_M=block, BLOCK_N=block,
-                BLOCK_DS=max(16, triton.next_power_of_2(DS)), BLOCK_DT=max(16, triton.next_power_of_2(DT)),
+    return dict(B=B, H=H, L=L, DS=DS, DT=DT, **tile_config(s_q.dtype == torch.float32, DS, DT))
+
+
+def tile_config(fp32: bool, DS: int, DT: int) -> dict:
+    """Tiles and dot precisions. fp32 operands use IEEE dots and 32-wide tiles: 64-wide fp32
+    tiles need up to 164 KB of shared memory at D = 128 (seen in kernels.compile_check for
+    sm_90), past an A100's limit and costly for occupancy on Hopper."""
+    block = 32 if fp32 else 64
+    return dict(BLOCK_M=block, BLOCK_N=block, BLOCK_DS=max(16, triton.next_power_of_2(DS)),
+                BLOCK_DT=max(16, triton.next_power_of_2(DT)),
                 PREC="ieee" if fp32 else "tf32", GPREC="ieee" if fp32 else "tf32")
 
 
