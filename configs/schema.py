@@ -123,10 +123,18 @@ class PrepConfig:
     packing: PackingConfig = field(default_factory=PackingConfig)
     workers: int = 0
     """Worker processes (0: one per CPU core). The output does not depend on it."""
+    task_index: int = 0
+    """Job arrays (slurm/prep.sh): with num_tasks > 1 this task only tokenises every
+    num_tasks-th work unit (from task_index) and stops before writing shards; a final run
+    with num_tasks: 1 writes the shards and the manifest (byte-identical to one big run)."""
+    num_tasks: int = 1
+    """Number of array tasks sharing the tokenisation (1: the whole job)."""
 
     def __post_init__(self) -> None:
         if self.workers < 0:
             raise ValueError(f"workers: must be >= 0, got {self.workers}")
+        if not 0 <= self.task_index < max(self.num_tasks, 1) or self.num_tasks < 1:
+            raise ValueError(f"task_index: must be in [0, num_tasks={self.num_tasks}), got {self.task_index}")
 
 
 # ============================================================================ trainer

@@ -168,7 +168,8 @@ def _check_identity(out: Path, identity: dict) -> None:
     """Refuse to mix outputs of different tokenizers / seq_len / inputs in one folder."""
     path = out / IDENTITY
     if not path.exists():
-        if out.exists() and any(p for p in out.iterdir() if p.name != "config.yaml"):
+        if out.exists() and any(p for p in out.iterdir() if p.name not in ("config.yaml", ".work")
+                                and not p.name.endswith(".tmp")):  # array tasks start together
             raise PrepError(f"output.dir {out} is not empty and was not made by data_prep; "
                             "choose an empty or new folder")
         out.mkdir(parents=True, exist_ok=True)
@@ -262,15 +263,21 @@ def run(cfg: PrepConfig, command: str = "") -> dict:
              f"tokenizer {info.name} (vocab {info.vocab_size}), seq_len {cfg.packing.seq_len}")
         work = out / ".work"
         from tqdm import tqdm
-        jobs = sorted(((u, work, params) for u in units),
+        mine = units if cfg.num_tasks == 1 else \
+            [u for i, u in enumerate(units) if i % cfg.num_tasks == cfg.task_index]
+        jobs = sorted(((u, work, params) for u in mine),
                       key=lambda j: -(os.path.getsize(j[0].path) if j[0].end < 0 else j[0].end - j[0].start))
         tokens = 0
-        with tqdm(total=len(units), unit="unit", desc="tokenise", file=sys.stderr,
+        with tqdm(total=len(mine), unit="unit", desc="tokenise", file=sys.stderr,
                   disable=None) as bar:
             for _, n in _map(pool, _tokenize_unit, jobs):
                 tokens += n
                 bar.update(1)
                 bar.set_postfix(tokens=tokens)
+        if cfg.num_tasks > 1:  # an array task: the final run writes the shards
+            _log(f"task {cfg.task_index}/{cfg.num_tasks}: tokenised {len(mine)} of {len(units)} "
+                 f"units ({tokens:,} tokens); shards are written by the final run")
+            return {}
         by_lang: dict[str, list[Path]] = {lang: [] for lang in files}
         for u in sorted(units, key=lambda u: (u.lang, u.uid)):
             by_lang[u.lang].append(_unit_path(work, u))

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import webdataset as wds
 
-from configs import PrepConfig, load
+from configs import ConfigError, PrepConfig, load
 from data_prep import PrepError
 from data_prep.manifest import read_manifest, shard_paths, verify
 from data_prep.shard import run
@@ -274,3 +274,23 @@ def test_prefix_tokens_match_tokenising_prefix_and_text_together(tiny_tokenizer,
     got = [[int(t) for t in ids] for _, ids, _ in read_lang(out, "de")]
     assert got == [tok("query: " + ln, add_special_tokens=True)["input_ids"] for ln in lines]
     assert m["packing"]["prefix_ids"] == tok("query:", add_special_tokens=False)["input_ids"]
+
+
+def test_array_tasks_then_final_run_equal_one_run(tmp_path, tiny_tokenizer):
+    text = tmp_path / "text"
+    for i, lang in enumerate(WORDS):
+        for j in range(2):
+            write_text(text / lang / f"f{j}.txt", random_documents(lang, 60, seed=10 * i + j))
+    ref = run(cfg_for(text, tiny_tokenizer, tmp_path / "ref", "--workers=1"))
+    out = tmp_path / "arr"
+    for task in (2, 0, 1):  # any order
+        assert run(cfg_for(text, tiny_tokenizer, out, "--workers=1", "--num_tasks=3",
+                           f"--task_index={task}")) == {}
+        assert not (out / "manifest.json").exists()
+    assert len(list((out / ".work").rglob("*.npz"))) == 8
+    final = run(cfg_for(text, tiny_tokenizer, out, "--workers=2"))
+    assert final == ref
+    a, b = tree_bytes(tmp_path / "ref"), tree_bytes(out)
+    assert a.pop("config.yaml") != b.pop("config.yaml") and a == b
+    with pytest.raises(ConfigError, match=r"task_index: must be in \[0, num_tasks=3\), got 3"):
+        cfg_for(text, tiny_tokenizer, out, "--num_tasks=3", "--task_index=3")
