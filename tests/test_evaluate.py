@@ -1,0 +1,75 @@
+"""The retrieval evaluator on a tiny random encoder and fixture pairs."""
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import WORDS
+from trainer.evaluate import load_pairs, retrieval, top1, write_tables
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory):
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from tests.helpers import make_tokenizer
+    d = tmp_path_factory.mktemp("enc")
+    make_tokenizer(d)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=64), add_pooling_layer=False).save_pretrained(d)
+    from trainer.evaluate import load_encoder
+    model, tok = load_encoder(str(d))
+    assert isinstance(tok, type(AutoTokenizer.from_pretrained(d)))
+    return d, model, tok
+
+
+def sentences(n, seed):
+    rng = random.Random(seed)
+    words = [w for ws in WORDS.values() for w in ws]
+    out = set()
+    while len(out) < n:
+        out.add(" ".join(rng.choice(words) for _ in range(8)))
+    return sorted(out)
+
+
+def test_identical_translations_score_one_and_shuffled_score_chance(tiny_encoder):
+    _, model, tok = tiny_encoder
+    s = sentences(60, 1)
+    same = retrieval(model, tok, {"xx": [(a, a) for a in s]})
+    assert same["xx"]["en2x"] == 1.0 and same["xx"]["x2en"] == 1.0 and same["mean"]["mean"] == 1.0
+    shuffled = s[1:] + s[:1]
+    chance = retrieval(model, tok, {"xx": [(a, b) for a, b in zip(s, shuffled)]})
+    assert chance["xx"]["mean"] <= 0.1  # 1/60 expected; far from 1
+    assert top1(torch.eye(3), torch.eye(3)[[1, 2, 0]]) == 0.0
+
+
+def test_pairs_file_tables_and_cli(tiny_encoder, tmp_path):
+    d, model, tok = tiny_encoder
+    s = sentences(30, 2)
+    heldout = tmp_path / "heldout.jsonl"
+    with open(heldout, "w") as f:
+        for i, a in enumerate(s):
+            tr = {"de": a, "ru": s[(i + 1) % len(s)]}
+            if i % 2:
+                tr["el"] = a
+            f.write(json.dumps({"en": a, "translations": tr}) + "\n")
+    pairs = load_pairs(heldout)
+    assert [len(pairs[k]) for k in ("de", "el", "ru")] == [30, 15, 30]
+    assert load_pairs(heldout, ["de"], max_per_language=5) == {"de": [(a, a) for a in s[:5]]}
+    res = {"m": retrieval(model, tok, pairs)}
+    assert res["m"]["de"]["mean"] == 1.0 and res["m"]["el"]["mean"] == 1.0 and res["m"]["ru"]["mean"] < 0.2
+    write_tables(res, tmp_path / "out")
+    assert "| **mean** |" in (tmp_path / "out" / "retrieval.md").read_text()
+    assert json.loads((tmp_path / "out" / "retrieval.json").read_text())["m"]["de"]["pairs"] == 30
+    r = subprocess.run([sys.executable, "-m", "trainer.evaluate", "retrieval", "--model", f"tiny={d}",
+                        "--truncate", "1", "--pairs", str(heldout), "--out", str(tmp_path / "cli")],
+                       cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "tiny[:1]" in r.stdout and (tmp_path / "cli" / "retrieval.csv").is_file()

@@ -1,0 +1,164 @@
+"""python -m trainer.evaluate retrieval --model DIR [--model DIR2 ...] --pairs heldout.jsonl
+
+Cross-lingual evaluation of any Hugging Face encoder directory:
+
+  retrieval   top-1 English↔X translation retrieval on held-out pairs: mean-pooled last hidden
+              state (the E5 teachers' own pooling; `--prefix "query: "` their input format),
+              cosine similarity, accuracy in both directions (en→x, x→en) and their mean, per
+              language and averaged. Every model sees the same pairs in the same order.
+
+Models can also be given as `NAME=DIR` (the name labels the table). Outputs a table and,
+with --out, JSON/CSV/Markdown files.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+
+def load_pairs(path: str | Path, languages: list[str] | None = None, max_per_language: int = 0,
+               min_per_language: int = 1) -> dict[str, list[tuple[str, str]]]:
+    """language → [(English, translation)] from a heldout.jsonl (demo_assets format:
+    {"en": ..., "translations": {lang: text}}), in file order (deterministic)."""
+    by_lang: dict[str, list[tuple[str, str]]] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            for lang, text in row["translations"].items():
+                if languages and lang not in languages:
+                    continue
+                by_lang.setdefault(lang, []).append((row["en"], text))
+    if max_per_language:
+        by_lang = {k: v[:max_per_language] for k, v in by_lang.items()}
+    return {k: v for k, v in sorted(by_lang.items()) if len(v) >= min_per_language}
+
+
+@torch.no_grad()
+def encode(model, tokenizer, texts: list[str], prefix: str = "", batch_size: int = 64,
+           max_length: int = 128, progress: bool = False) -> torch.Tensor:
+    """L2-normalised mean-pooled last hidden states, [N, d] float32."""
+    out = []
+    device = next(model.parameters()).device
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # less padding per batch
+    it = range(0, len(texts), batch_size)
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(it, desc="encode", unit="batch", leave=False)
+    for a in it:
+        idx = order[a:a + batch_size]
+        batch = tokenizer([prefix + texts[i] for i in idx], padding=True, truncation=True,
+                          max_length=max_length, return_tensors="pt").to(device)
+        h = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        m = batch["attention_mask"].unsqueeze(-1).to(h.dtype)
+        out.append((torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1).float(), idx))
+    emb = torch.empty(len(texts), out[0][0].shape[1]) if out else torch.empty(0, 0)
+    for e, idx in out:
+        emb[idx] = e.cpu()
+    return emb
+
+
+def top1(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Share of rows i of a whose most similar row of b is row i."""
+    return (a @ b.T).argmax(1).eq(torch.arange(len(a))).float().mean().item()
+
+
+def retrieval(model, tokenizer, pairs: dict[str, list[tuple[str, str]]], prefix: str = "",
+              batch_size: int = 64, progress: bool = False) -> dict[str, dict[str, float]]:
+    """language → {en2x, x2en, mean} top-1 accuracy; plus "mean" over languages."""
+    res = {}
+    for lang, items in pairs.items():
+        en = encode(model, tokenizer, [e for e, _ in items], prefix, batch_size, progress=progress)
+        x = encode(model, tokenizer, [t for _, t in items], prefix, batch_size, progress=progress)
+        a, b = top1(en, x), top1(x, en)
+        res[lang] = {"en2x": a, "x2en": b, "mean": (a + b) / 2, "pairs": len(items)}
+    res["mean"] = {k: sum(r[k] for r in res.values()) / max(len(res), 1) for k in ("en2x", "x2en", "mean")}
+    return res
+
+
+def load_encoder(path: str, device: str = "cpu"):
+    from transformers import AutoModel, AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(path)
+    try:
+        model = AutoModel.from_pretrained(path, add_pooling_layer=False)
+    except TypeError:
+        model = AutoModel.from_pretrained(path)
+    return model.to(device).eval(), tok
+
+
+def truncated(path: str, num_layers: int, device: str = "cpu"):
+    """The 'student before distillation': the model's embeddings + its bottom layers."""
+    model, tok = load_encoder(path, device)
+    model.encoder.layer = model.encoder.layer[:num_layers]
+    model.config.num_hidden_layers = num_layers
+    return model, tok
+
+
+def write_tables(results: dict[str, dict], out: Path, title: str = "retrieval") -> None:
+    """results: model name → retrieval() output. Writes JSON, CSV and Markdown."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{title}.json").write_text(json.dumps(results, indent=1))
+    names = list(results)
+    langs = [k for k in next(iter(results.values())) if k != "mean"] + ["mean"]
+    with open(out / f"{title}.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["language", *names])
+        for lang in langs:
+            w.writerow([lang, *(f"{results[n][lang]['mean']:.4f}" for n in names)])
+    lines = ["| language | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for lang in langs:
+        cells = [f"{results[n][lang]['mean']:.3f}" for n in names]
+        lines.append(f"| {'**mean**' if lang == 'mean' else lang} | " + " | ".join(cells) + " |")
+    (out / f"{title}.md").write_text("\n".join(lines) + "\n")
+
+
+def format_table(results: dict[str, dict]) -> str:
+    names = list(results)
+    langs = [k for k in next(iter(results.values())) if k != "mean"] + ["mean"]
+    head = f"{'language':<10}" + "".join(f"{n:>14}" for n in names)
+    rows = [head, "-" * len(head)]
+    for lang in langs:
+        rows.append(f"{lang:<10}" + "".join(f"{results[n][lang]['mean']:>14.3f}" for n in names))
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="task", required=True)
+    r = sub.add_parser("retrieval", help="English↔X top-1 translation retrieval")
+    r.add_argument("--model", action="append", required=True, help="DIR or NAME=DIR (repeatable)")
+    r.add_argument("--truncate", type=int, default=0,
+                   help="also evaluate the first model cut to its bottom N layers (the student before distillation)")
+    r.add_argument("--pairs", required=True, help="heldout.jsonl")
+    r.add_argument("--languages", nargs="*", default=None)
+    r.add_argument("--max-per-language", type=int, default=0)
+    r.add_argument("--prefix", default="", help='input prefix, e.g. "query: " for E5 models')
+    r.add_argument("--batch-size", type=int, default=64)
+    r.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    pairs = load_pairs(args.pairs, args.languages, args.max_per_language)
+    if not pairs:
+        print(f"trainer.evaluate: error: no pairs in {args.pairs}", file=sys.stderr)
+        return 2
+    models = [m.split("=", 1) if "=" in m else (Path(m).name, m) for m in args.model]
+    results = {}
+    for name, path in models:
+        model, tok = load_encoder(path)
+        results[name] = retrieval(model, tok, pairs, args.prefix, args.batch_size, progress=sys.stderr.isatty())
+    if args.truncate:
+        name, path = models[0]
+        model, tok = truncated(path, args.truncate)
+        results[f"{name}[:{args.truncate}]"] = retrieval(model, tok, pairs, args.prefix, args.batch_size)
+    print(format_table(results))
+    if args.out:
+        write_tables(results, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
