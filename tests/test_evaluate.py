@@ -73,3 +73,25 @@ def test_pairs_file_tables_and_cli(tiny_encoder, tmp_path):
                        cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "tiny[:1]" in r.stdout and (tmp_path / "cli" / "retrieval.csv").is_file()
+
+
+def test_zero_shot_transfer_on_separable_topics(tiny_encoder, tmp_path):
+    from trainer.evaluate import load_topic_items, transfer
+    _, model, tok = tiny_encoder
+    rng = random.Random(5)
+    heldout = tmp_path / "h.jsonl"
+    topics = {"game": WORDS["en"][:6], "wiki": WORDS["de"][:6], "help": WORDS["ru"][:6]}
+    with open(heldout, "w") as f:
+        for i in range(150):
+            topic = list(topics)[i % 3]
+            en = " ".join(rng.choice(topics[topic]) for _ in range(6)) + f" {i}"
+            # "de" is a perfect translation (same text); "el" carries no topic signal
+            el = " ".join(rng.choice(WORDS["el"]) for _ in range(6))
+            f.write(json.dumps({"en": en, "domain": f"{topic}/x", "translations": {"de": en, "el": el}}) + "\n")
+    items = load_topic_items(heldout)
+    assert {it["split"] for it in items} == {"train", "test"}
+    res = transfer(model, tok, items)
+    assert res["classes"] == ["game", "help", "wiki"]
+    assert res["en"] >= 0.9 and res["de"] == res["en"]       # same inputs → same accuracy
+    assert res["el"] < 0.6                                      # no signal → near chance (1/3)
+    assert res["gap"] == pytest.approx(res["en"] - (res["de"] + res["el"]) / 2)

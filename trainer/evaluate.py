@@ -7,6 +7,13 @@ Cross-lingual evaluation of any Hugging Face encoder directory:
               cosine similarity, accuracy in both directions (en→x, x→en) and their mean, per
               language and averaged. Every model sees the same pairs in the same order.
 
+  transfer    zero-shot topic transfer: a logistic-regression classifier on frozen sentence
+              embeddings is fit on English held-out items labelled by their source (the
+              document structure of the demo corpus: game / wiki UI / desktop help), then
+              tested on the English test split and on the translations of the same test
+              items in every other language (XNLI's protocol, offline). Reports English
+              accuracy, each language's, and the transfer gap (English − mean of the others).
+
 Models can also be given as `NAME=DIR` (the name labels the table). Outputs a table and,
 with --out, JSON/CSV/Markdown files.
 """
@@ -80,6 +87,61 @@ def retrieval(model, tokenizer, pairs: dict[str, list[tuple[str, str]]], prefix:
     return res
 
 
+def load_topic_items(path: str | Path, languages: list[str] | None = None) -> list[dict]:
+    """Held-out items with a topic label = the first part of their domain (wesnoth / mediawiki /
+    gnome) and a deterministic train/test split (70/30 by a hash of the English text)."""
+    import hashlib
+    items = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            h = int(hashlib.sha1(row["en"].encode()).hexdigest()[:8], 16) % 10
+            tr = {k: v for k, v in row["translations"].items() if not languages or k in languages}
+            items.append({"en": row["en"], "label": row["domain"].split("/")[0], "translations": tr,
+                          "split": "train" if h < 7 else "test"})
+    return items
+
+
+def fit_logreg(x: torch.Tensor, y: torch.Tensor, classes: int, steps: int = 300, l2: float = 1e-3,
+               seed: int = 0) -> torch.nn.Linear:
+    """Multinomial logistic regression (full-batch LBFGS), deterministic."""
+    torch.manual_seed(seed)
+    clf = torch.nn.Linear(x.shape[1], classes)
+    opt = torch.optim.LBFGS(clf.parameters(), max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(clf(x), y) + l2 * clf.weight.pow(2).sum()
+        loss.backward()
+        return loss
+    opt.step(closure)
+    return clf
+
+
+def transfer(model, tokenizer, items: list[dict], prefix: str = "", batch_size: int = 64) -> dict:
+    """{"en": acc, <lang>: acc, ..., "mean_other": acc, "gap": en − mean_other, "classes": [...]}"""
+    labels = sorted({it["label"] for it in items})
+    lid = {k: i for i, k in enumerate(labels)}
+    train = [it for it in items if it["split"] == "train"]
+    test = [it for it in items if it["split"] == "test"]
+    x = encode(model, tokenizer, [it["en"] for it in train], prefix, batch_size)
+    clf = fit_logreg(x, torch.tensor([lid[it["label"]] for it in train]), len(labels))
+
+    def acc(texts, ys):
+        with torch.no_grad():
+            pred = clf(encode(model, tokenizer, texts, prefix, batch_size)).argmax(1)
+        return pred.eq(torch.tensor(ys)).float().mean().item()
+    res = {"classes": labels, "en": acc([it["en"] for it in test], [lid[it["label"]] for it in test])}
+    langs = sorted({k for it in test for k in it["translations"]})
+    for lang in langs:
+        sub = [it for it in test if lang in it["translations"]]
+        res[lang] = acc([it["translations"][lang] for it in sub], [lid[it["label"]] for it in sub])
+    others = [res[k] for k in langs]
+    res["mean_other"] = sum(others) / max(len(others), 1)
+    res["gap"] = res["en"] - res["mean_other"]
+    return res
+
+
 def load_encoder(path: str, device: str = "cpu"):
     from transformers import AutoModel, AutoTokenizer
     tok = AutoTokenizer.from_pretrained(path)
@@ -139,24 +201,50 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--prefix", default="", help='input prefix, e.g. "query: " for E5 models')
     r.add_argument("--batch-size", type=int, default=64)
     r.add_argument("--out", type=Path, default=None)
+    t = sub.add_parser("transfer", help="zero-shot topic transfer from English")
+    t.add_argument("--model", action="append", required=True, help="DIR or NAME=DIR (repeatable)")
+    t.add_argument("--truncate", type=int, default=0)
+    t.add_argument("--pairs", required=True, help="heldout.jsonl (with domains)")
+    t.add_argument("--languages", nargs="*", default=None)
+    t.add_argument("--prefix", default="")
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
+    if args.task == "transfer":
+        return _main_transfer(args)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     pairs = load_pairs(args.pairs, args.languages, args.max_per_language)
     if not pairs:
         print(f"trainer.evaluate: error: no pairs in {args.pairs}", file=sys.stderr)
         return 2
-    models = [m.split("=", 1) if "=" in m else (Path(m).name, m) for m in args.model]
-    results = {}
-    for name, path in models:
-        model, tok = load_encoder(path)
-        results[name] = retrieval(model, tok, pairs, args.prefix, args.batch_size, progress=sys.stderr.isatty())
-    if args.truncate:
-        name, path = models[0]
-        model, tok = truncated(path, args.truncate)
-        results[f"{name}[:{args.truncate}]"] = retrieval(model, tok, pairs, args.prefix, args.batch_size)
+    results = {name: retrieval(model, tok, pairs, args.prefix, args.batch_size, progress=sys.stderr.isatty())
+               for name, model, tok in _models(args)}
     print(format_table(results))
     if args.out:
         write_tables(results, args.out)
+    return 0
+
+
+def _models(args):
+    models = [m.split("=", 1) if "=" in m else (Path(m).name, m) for m in args.model]
+    for name, path in models:
+        yield (name, *load_encoder(path))
+    if args.truncate:
+        name, path = models[0]
+        yield (f"{name}[:{args.truncate}]", *truncated(path, args.truncate))
+
+
+def _main_transfer(args) -> int:
+    items = load_topic_items(args.pairs, args.languages)
+    results = {name: transfer(model, tok, items, args.prefix, args.batch_size)
+               for name, model, tok in _models(args)}
+    langs = [k for k in next(iter(results.values())) if k not in ("classes",)]
+    print(f"{'':<12}" + "".join(f"{n:>14}" for n in results))
+    for k in langs:
+        print(f"{k:<12}" + "".join(f"{r[k]:>14.3f}" for r in results.values()))
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "transfer.json").write_text(json.dumps(results, indent=1))
     return 0
 
 
