@@ -23,15 +23,26 @@ $(STAMP): setup.py Makefile
 	$(PIP) install -q "setuptools>=68" wheel
 	$(PIP) install -q "$(TORCH)"
 	DS_BUILD_OPS=0 $(PIP) install -q --no-build-isolation "deepspeed>=0.15"
-	$(PIP) install -q -e ".[dev,triton]"
+	$(PIP) install -q -e ".[dev,triton,demo]"
 	touch $@
 
 demo-assets: setup
 	$(PY) -m data_prep.demo_assets
 
+# make demo [VARIANT=lightmbert|unfrozen|random] [DEMO_ARGS="--run.max_steps=100 ..."]
+VARIANT ?= lightmbert
+DEMO_OVERRIDES_lightmbert :=
+DEMO_OVERRIDES_unfrozen := --student.freeze_embeddings=false
+DEMO_OVERRIDES_random := --student.init=random --student.freeze_embeddings=false
+DEMO_RUN := runs/demo/$(VARIANT)
+
 demo: demo-assets
 	$(PY) -m data_prep.shard --config configs/data/demo.yaml
 	$(PY) -m data_prep.inspect runs/demo/shards
+	DS_ACCELERATOR=cpu $(VENV)/bin/torchrun --standalone --nproc_per_node 2 -m trainer.distill \
+	  --config configs/distill/demo_cpu.yaml --run.output_dir=$(DEMO_RUN) $(DEMO_OVERRIDES_$(VARIANT)) $(DEMO_ARGS)
+	$(PY) -m trainer.demo_report --teacher $(LIGHTMBERT_CACHE)/demo/teacher \
+	  --student $(DEMO_RUN)/student --pairs $(LIGHTMBERT_CACHE)/demo/heldout.jsonl --out $(DEMO_RUN)/eval
 
 test: setup
 	$(PY) -m pytest -q tests

