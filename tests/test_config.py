@@ -130,3 +130,9 @@ def test_shipped_distill_configs_validate(path):
 def test_shipped_data_configs_validate(path):
     cfg = load(PrepConfig, path)
     assert cfg.packing.seq_len >= 8
+
+
+def test_readme_config_reference_is_current():
+    from configs.reference import markdown
+    readme = (REPO / "README.md").read_text()
+    assert markdown().strip() in readme, "README config reference is stale: python -m configs.reference"
