@@ -87,7 +87,9 @@ def build_student(teacher: nn.Module, cfg: StudentConfig, seed: int) -> tuple[nn
         s_cfg.hidden_dropout_prob = s_cfg.attention_probs_dropout_prob = cfg.dropout
     layers = select_layers(cfg, t_cfg.num_hidden_layers)
     torch.manual_seed(seed)
-    student = type(teacher)._from_config(s_cfg, attn_implementation="sdpa").float()
+    # no pooler when the teacher has none (it would be random and unused in the export)
+    extra = {"add_pooling_layer": False} if getattr(teacher, "pooler", True) is None else {}
+    student = type(teacher)._from_config(s_cfg, attn_implementation="sdpa", **extra).float()
     if cfg.init_from:  # a second stage: continue from an exported student
         from transformers import AutoModel, AutoModelForMaskedLM
         loader = AutoModelForMaskedLM if hasattr(student, "cls") or hasattr(student, "lm_head") else AutoModel
