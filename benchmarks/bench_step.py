@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     import kernels
     from configs import DistillConfig, load
     from trainer.distiller import Distiller
-    from trainer.models import build_student, encoder_of, load_teacher
+    from trainer.models import build_student, encoder_of, load_teacher, non_embedding_params
 
     cuda = torch.cuda.is_available()
     teacher_cfg, s_layers = SIZES[args.size]
@@ -133,10 +133,7 @@ def main(argv=None) -> int:
         bare = tokens / (time.perf_counter() - t0)
         flops_tok, peak = 0.0, 0.0
         if cuda:
-            def n(m):
-                return sum(p.numel() for p in m.parameters()) - \
-                    sum(p.numel() for p in encoder_of(m).embeddings.parameters())
-            flops_tok = 2 * n(teacher) + 6 * n(student)
+            flops_tok = 2 * non_embedding_params(teacher) + 6 * non_embedding_params(student)
             peak = float(os.environ.get("LIGHTMBERT_PEAK_TFLOPS", 989)) * 1e12
     device = torch.cuda.get_device_name() if cuda else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
     row = {"device": device, "size": args.size, "seq": args.seq, "batch": args.batch, "steps": args.steps,

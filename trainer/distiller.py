@@ -29,7 +29,7 @@ from .data import build_loader, tokens_per_language
 from .ds_config import build_ds_config, resolve_precision
 from .losses import DistillObjective
 from .metrics import Metrics
-from .models import ModelError, build_student, encoder_of, load_teacher
+from .models import ModelError, build_student, encoder_of, load_teacher, non_embedding_params
 
 EXIT_PREEMPTED = 75  # checkpoint written after SIGUSR1/SIGTERM: requeue and resume
 
@@ -128,7 +128,6 @@ class Distiller:
             self.skipped = client.get("skipped", 0)
             self._log(f"resumed from {client['tag']} (step {self.step})")
         self.pad_id = self.manifest["tokenizer"]["pad_id"]
-        self.languages = sorted(self.manifest["languages"])
         self.loader, self.stream = build_loader(cfg.data, self.pad_id, run.seed, self.rank,
                                                 self.world, start_batch=self.consumed,
                                                 mask_id=self._mask_id() if cfg.loss.mlm_weight > 0 else None)
@@ -199,11 +198,8 @@ class Distiller:
         teacher's forward + 6·N for the student's forward and backward (embeddings excluded)."""
         if not self.cuda:
             return 0.0, 0.0
-        def n(m):
-            emb = sum(p.numel() for p in encoder_of(m).embeddings.parameters())
-            return sum(p.numel() for p in m.parameters()) - emb
         peak = float(os.environ.get("LIGHTMBERT_PEAK_TFLOPS", 989)) * 1e12  # H100 SXM dense bf16
-        return 2 * n(self.teacher) + 6 * n(self.module.student), peak
+        return 2 * non_embedding_params(self.teacher) + 6 * non_embedding_params(self.module.student), peak
 
     def _teacher(self, batch):
         with torch.no_grad():
@@ -312,11 +308,3 @@ def _git_revision() -> str:
                               cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-def describe_student(student: nn.Module) -> str:
-    n = sum(p.numel() for p in student.parameters())
-    t = sum(p.numel() for p in student.parameters() if p.requires_grad)
-    return f"{n / 1e6:.1f}M parameters ({t / 1e6:.1f}M trainable)"
-
-

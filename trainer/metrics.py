@@ -8,10 +8,6 @@ from pathlib import Path
 
 import torch
 
-TAGS = ("loss/total", "loss/hidden", "loss/attention", "loss/embedding", "loss/logit", "lr",
-        "grad_norm", "throughput/tokens_per_s", "throughput/samples_per_s", "time/step_s",
-        "memory/host_rss_gib", "memory/gpu_peak_gib", "perf/mfu", "data/skipped_batches",
-        "data/tokens/<lang>")
 
 
 class Metrics:

@@ -116,5 +116,11 @@ def build_student(teacher: nn.Module, cfg: StudentConfig, seed: int) -> tuple[nn
     return student, layers
 
 
+def non_embedding_params(model: nn.Module) -> int:
+    """Parameters outside the embedding layer: the N of the 2·N / 6·N FLOPs-per-token counts."""
+    emb = sum(p.numel() for p in encoder_of(model).embeddings.parameters())
+    return sum(p.numel() for p in model.parameters()) - emb
+
+
 def _fp32(sd: dict) -> dict:
     return {k: v.detach().float().clone() for k, v in sd.items()}
