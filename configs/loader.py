@@ -37,7 +37,7 @@ _FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def _expand(s: str) -> str:
+def expand_env(s: str) -> str:
     """`${VAR}` / `${VAR:-default}` from the environment, then `~` at the start."""
     def sub(m: re.Match) -> str:
         val = os.environ.get(m.group(1))
@@ -127,7 +127,7 @@ def _convert(value: Any, tp: Any, path: str, where: str) -> Any:
     if tp is str:
         if isinstance(value, str):
             try:
-                return _expand(value)
+                return expand_env(value)
             except KeyError as e:
                 raise ConfigError(f"{path}: environment variable {e.args[0]} is not set "
                                   f"(in {value!r}; use ${{VAR:-default}}){where}") from None

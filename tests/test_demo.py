@@ -1,6 +1,7 @@
 """A short run of the whole chain `make demo` runs (few languages, few steps) on the real
 offline assets: shard → distil (2 ranks, torchrun) → report. Skips where the assets cannot be
 fetched."""
+import csv
 import json
 import os
 import subprocess
@@ -43,3 +44,20 @@ def test_demo_chain_smoke(tmp_path):
     assert (run / "eval" / "retrieval.png").stat().st_size > 1000
     assert "| **mean** |" in (run / "eval" / "retrieval.md").read_text()
     assert json.loads((run / "run_info.json").read_text())["world_size"] == 2
+
+    # the quality sweep the demo's objective was chosen with: one good and one broken variant
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(json.dumps({
+        "base": "configs/distill/demo_cpu.yaml", "nproc": 1, "languages": ["de", "ru"], "max_per_language": 10,
+        "pairs": assets["heldout"],
+        "common": [f"--data.shards={shards}", "--run.max_steps=2", "--data.micro_batch_size=4",
+                   "--student.num_layers=2", "--engine.zero_stage=0"],
+        "variants": {"ok": ["--optim.lr=1e-4"], "broken": ["--loss.relation=nope"]}}))
+    r = subprocess.run([sys.executable, "-m", "benchmarks.sweep_demo", "--sweep", str(sweep), "--out",
+                        str(tmp_path / "sweep")], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
+    rows = {row["variant"]: row for row in csv.DictReader(open(tmp_path / "sweep" / "sweep.csv"))}
+    assert rows["ok"]["rc"] == "0" and 0 <= float(rows["ok"]["retrieval"]) <= 1
+    assert rows["broken"]["rc"] != "0" and rows["broken"]["retrieval"] == ""
+    ref = json.loads((tmp_path / "sweep" / "sweep.json").read_text())["reference"]
+    assert ref["teacher"] > 0.5 and 0 <= ref["before"] <= 1

@@ -109,3 +109,9 @@ def test_corpus_holds_out_pairs_and_keeps_them_out_of_training(demo_assets):
         assert len(lines) >= demo_assets["min_lines"]
     assert all(len(r["en"].split()) >= 5 for r in rows)
     assert all(t != r["en"] for r in rows for t in r["translations"].values())
+    # the training translation pairs: many, and none of them held out (on either side)
+    train = [json.loads(line) for line in open(demo_assets["parallel"], encoding="utf-8")]
+    assert len(train) > 5 * len(rows)
+    assert not ({r["en"] for r in train} & banned)
+    assert not ({t for r in train for t in r["translations"].values()} & banned)
+    assert sum("de" in r["translations"] for r in train) > 1000

@@ -97,6 +97,24 @@ def test_zero_shot_transfer_on_separable_topics(tiny_encoder, tmp_path):
     assert res["gap"] == pytest.approx(res["en"] - (res["de"] + res["el"]) / 2)
 
 
+def test_one_pass_over_layers_equals_the_truncated_model(tiny_encoder, tmp_path):
+    """demo_report scores the teacher and the student before distillation from one pass."""
+    from trainer.evaluate import load_topic_items, transfer, truncated
+    d, model, tok = tiny_encoder
+    s = sentences(40, 3)
+    pairs = {"xx": [(a, b) for a, b in zip(s[:20], s[20:])], "yy": [(a, a.upper()) for a in s[:20]]}
+    both = retrieval(model, tok, pairs, layers=(2, 1))
+    cut, _ = truncated(str(d), 1)
+    assert both[2] == retrieval(model, tok, pairs)
+    assert both[1] == retrieval(cut, tok, pairs)
+    rows = tmp_path / "t.jsonl"
+    rows.write_text("".join(json.dumps({"en": a, "domain": ["game/x", "wiki/y"][i % 2],
+                                        "translations": {"de": b}}) + "\n" for i, (a, b) in enumerate(zip(s, s[::-1]))))
+    items = load_topic_items(rows)
+    t = transfer(model, tok, items, layers=(2, 1))
+    assert t[2] == transfer(model, tok, items) and t[1] == transfer(cut, tok, items)
+
+
 def _synthetic_xnli(d: Path, seed: int = 0):
     """XNLI-format data whose label is carried by a marker word (the language's word #label) at
     the start of the hypothesis: learnable by a tiny model, so the harness can be checked."""

@@ -313,12 +313,14 @@ def test_all_loss_terms_under_deepspeed(shards, tmp_path):
     out = tmp_path / "run"
     code, log = finish(launch("torchrun", out, shards, "--run.max_steps=6", "--run.log_interval=1",
                               "--loss.logit_weight=1.0", "--loss.mlm_weight=0.5", "--loss.attention=prob_kl",
-                              "--loss.embedding_weight=0.1", "--student.freeze_embeddings=false"))
+                              "--loss.embedding_weight=0.1", "--student.freeze_embeddings=false",
+                              "--loss.pooled_weight=0.5", "--loss.relation_weight=0.5"))
     assert code == 0, log[-3000:]
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     ev = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0})
     ev.Reload()
-    for tag in ("loss/logit", "loss/mlm", "loss/attention", "loss/embedding", "loss/hidden"):
+    for tag in ("loss/logit", "loss/mlm", "loss/attention", "loss/embedding", "loss/hidden", "loss/pooled",
+                "loss/relation"):
         vals = [e.value for e in ev.Scalars(tag)]
         assert len(vals) == 6 and all(v == v and v >= 0 for v in vals), (tag, vals)
 

@@ -5,7 +5,7 @@ Every (rank, worker) pair owns one deterministic, endless stream (no rank can ru
 hang the others): its share of each language — whole shards when a language has at least one
 shard per stream, every S-th sample otherwise — read epoch after epoch in a seeded shard
 order through a seeded shuffle buffer, and mixed by a seeded draw of the language for every
-sample. The DataLoader hands out batches round-robin over its workers, so the data position
+sample (optionally grouped by length into batches). The DataLoader hands out batches round-robin over its workers, so the data position
 is one number, the micro-batches this rank has consumed; on resume worker w plays the role
 of the worker that was next in line, and each role skips the batches it had produced.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import random
 import tarfile
 from collections import Counter
@@ -65,6 +66,57 @@ def plan_streams(manifest: dict, root: str, languages: list[str], n_streams: int
     return plans
 
 
+class ParallelPairs:
+    """Translation pairs for data.parallel: a JSONL of {"en": text, "translations": {lang: text}}
+    (the demo's parallel.jsonl). Each draw is `pairs` items, each with one of its translations
+    into the training languages, tokenised as the shards were (start token, prefix + text, end
+    token, at most seq_len)."""
+
+    def __init__(self, path: str, languages: list[str], manifest: dict):
+        self.path, self.manifest = path, manifest
+        self.items: list[tuple[str, list[tuple[str, str]]]] = []
+        allowed = set(languages) - {"en"}
+        try:
+            with open(Path(path).expanduser(), encoding="utf-8") as f:
+                for n, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                        trs = sorted((k, v) for k, v in row["translations"].items() if k in allowed and v)
+                        en = row["en"]
+                    except (ValueError, KeyError, AttributeError, TypeError) as e:
+                        raise DataError(f"data.parallel: {path}:{n}: not a {{\"en\", \"translations\"}} "
+                                        f"row ({type(e).__name__}: {e})") from None
+                    if trs and en:
+                        self.items.append((en, trs))
+        except OSError as e:
+            raise DataError(f"data.parallel: cannot read {path}: {e}") from None
+        if not self.items:
+            raise DataError(f"data.parallel: {path} has no pairs into the training languages {sorted(allowed)}")
+        self.prefix = manifest.get("packing", {}).get("prefix", "")
+        self.seq_len = manifest["seq_len"]
+        self._tok = None
+
+    def _ids(self, text: str) -> np.ndarray:
+        if self._tok is None:  # loaded lazily: once per DataLoader worker
+            from data_prep.tokenizer import load_tokenizer
+            self._tok = load_tokenizer(self.manifest["tokenizer"]["name"])
+        ids = self._tok(self.prefix + text)["input_ids"]
+        if len(ids) > self.seq_len:
+            ids = ids[:self.seq_len - 1] + ids[-1:]  # keep the end token
+        return np.asarray(ids, dtype=np.int64)
+
+    def draw(self, rng: random.Random, pairs: int) -> list[tuple[np.ndarray, str, np.ndarray]]:
+        """`pairs` × (English ids, language, translation ids)."""
+        out = []
+        for _ in range(pairs):
+            en, trs = self.items[rng.randrange(len(self.items))]
+            lang, text = rng.choice(trs)
+            out.append((self._ids(en), lang, self._ids(text)))
+        return out
+
+
 class MixedStream(IterableDataset):
     """Endless micro-batches for one rank (see the module docstring)."""
 
@@ -76,6 +128,12 @@ class MixedStream(IterableDataset):
         self.pad_id, self.seed, self.rank, self.world = pad_id, seed, rank, world
         self.start_batch = start_batch
         self.workers = max(1, cfg.num_workers)
+        self.parallel = None
+        if cfg.parallel:
+            if "en" not in self.languages:
+                raise DataError("data.parallel: the shards must include English ('en') among the "
+                                f"training languages (have {self.languages})")
+            self.parallel = ParallelPairs(cfg.parallel, self.languages, manifest)
 
     def _lang_iter(self, lang: str, plan: StreamPlan, sid: int) -> Iterator[np.ndarray]:
         epoch = 0
@@ -129,14 +187,35 @@ class MixedStream(IterableDataset):
         masked = torch.where(pick & (r >= 0.8) & (r < 0.9), rand_ids, masked)
         return {"input_ids": masked, "labels": labels}
 
+    def _groups(self, it: Iterator, role: int) -> Iterator[list]:
+        """Lists of (language index, ids): B samples of the stream, then with data.parallel K
+        English rows and their K translations. With data.group_by_length = G > 1, G·B samples
+        are sorted by length and cut into G batches of neighbours (and G·K pairs likewise,
+        matched shortest to shortest), handed out in a seeded random order: far less padding
+        on short, varied texts; every sample still used once, in a fixed order."""
+        B, G = self.cfg.micro_batch_size, max(1, self.cfg.group_by_length)
+        K = self.cfg.parallel_pairs if self.parallel is not None else 0
+        rng = random.Random(f"{self.seed}/{self.rank}/{role}/group")
+        pair_rng = random.Random(f"{self.seed}/{self.rank}/{role}/parallel")
+        index = {lang: i for i, lang in enumerate(self.languages)}
+        en = index.get("en")
+        while True:
+            pool = [next(it) for _ in range(B * G)]
+            pairs = self.parallel.draw(pair_rng, K * G) if K else []
+            if G > 1:
+                pool.sort(key=lambda s: len(s[1]))  # stable
+                pairs.sort(key=lambda p: max(len(p[0]), len(p[2])))
+            groups = [pool[i * B:(i + 1) * B] + [(en, p[0]) for p in pairs[i * K:(i + 1) * K]]
+                      + [(index[p[1]], p[2]) for p in pairs[i * K:(i + 1) * K]] for i in range(G)]
+            if G > 1:
+                rng.shuffle(groups)
+            yield from groups
+
     def _batches(self, role: int) -> Iterator[dict]:
-        it = self._samples(role)
         key = hashlib.sha256(f"{self.seed}/{self.rank}/{role}/mlm".encode()).hexdigest()
         g = torch.Generator().manual_seed(int(key[:12], 16))  # stable across processes
-        B = self.cfg.micro_batch_size
-        while True:
-            items = [next(it) for _ in range(B)]
-            L = max(len(ids) for _, ids in items)
+        for items in self._groups(self._samples(role), role):
+            B, L = len(items), max(len(ids) for _, ids in items)
             input_ids = torch.full((B, L), self.pad_id, dtype=torch.long)
             mask = torch.zeros((B, L), dtype=torch.long)
             for r, (_, ids) in enumerate(items):

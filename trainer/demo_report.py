@@ -13,8 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from .evaluate import (format_table, load_encoder, load_pairs, load_topic_items, retrieval, transfer,
-                       truncated, write_tables)
+from .evaluate import (default_device, format_table, load_encoder, load_pairs, load_topic_items, retrieval, transfer,
+                       write_tables)
 
 XNLI_OTHER = "ar bg de el es fr hi ru sw th tr ur vi zh".split()
 
@@ -51,20 +51,28 @@ def main(argv: list[str] | None = None) -> int:
     n_layers = json.loads((Path(args.student) / "config.json").read_text())["num_hidden_layers"]
     pairs = load_pairs(args.pairs, args.languages, args.max_per_language)
     items = load_topic_items(args.pairs, args.languages)
-    models = {"teacher": lambda: load_encoder(args.teacher),
-              f"before ({n_layers} layers)": lambda: truncated(args.teacher, n_layers),
-              f"after ({n_layers} layers)": lambda: load_encoder(args.student)}
+    dev = default_device()
+    before, after = f"before ({n_layers} layers)", f"after ({n_layers} layers)"
     ret, tra, secs = {}, {}, {}
-    for name, make in models.items():
-        t0 = time.time()
-        model, tok = make()
-        ret[name] = retrieval(model, tok, pairs, args.prefix)
-        tra[name] = transfer(model, tok, items, args.prefix)
-        secs[name] = round(time.time() - t0, 1)
+    # one pass of the teacher serves the teacher (last layer) and the student before
+    # distillation (the teacher's bottom n_layers: hidden_states[n_layers])
+    t0 = time.time()
+    model, tok = load_encoder(args.teacher, dev)
+    last = model.config.num_hidden_layers
+    both = (last, n_layers)
+    r = retrieval(model, tok, pairs, args.prefix, layers=both)
+    t = transfer(model, tok, items, args.prefix, layers=both)
+    ret["teacher"], ret[before], tra["teacher"], tra[before] = r[last], r[n_layers], t[last], t[n_layers]
+    secs["teacher + before"] = round(time.time() - t0, 1)
+    del model
+    t0 = time.time()
+    model, tok = load_encoder(args.student, dev)
+    ret[after], tra[after] = retrieval(model, tok, pairs, args.prefix), transfer(model, tok, items, args.prefix)
+    secs[after] = round(time.time() - t0, 1)
     args.out.mkdir(parents=True, exist_ok=True)
     write_tables(ret, args.out)
     (args.out / "transfer.json").write_text(json.dumps(tra, indent=1))
-    names = list(models)
+    names = list(ret)
     t_mean, a_mean = ret[names[0]]["mean"]["mean"], ret[names[2]]["mean"]["mean"]
     report = {"retrieval_mean": {n: ret[n]["mean"]["mean"] for n in names},
               "after_over_teacher": a_mean / max(t_mean, 1e-9),

@@ -47,9 +47,11 @@ def load_pairs(path: str | Path, languages: list[str] | None = None, max_per_lan
 
 @torch.no_grad()
 def encode(model, tokenizer, texts: list[str], prefix: str = "", batch_size: int = 64,
-           max_length: int = 128, progress: bool = False) -> torch.Tensor:
-    """L2-normalised mean-pooled last hidden states, [N, d] float32."""
-    out = []
+           max_length: int = 128, progress: bool = False, layers: tuple[int, ...] | None = None):
+    """L2-normalised mean-pooled last hidden states, [N, d] float32. With `layers` (indices
+    into hidden_states, 0 = embeddings): {layer: [N, d]} from one forward pass — the teacher
+    and its truncation (the student before distillation) for the price of the teacher."""
+    out: dict[int | None, list] = {k: [] for k in (layers or (None,))}
     device = next(model.parameters()).device
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # less padding per batch
     it = range(0, len(texts), batch_size)
@@ -60,13 +62,19 @@ def encode(model, tokenizer, texts: list[str], prefix: str = "", batch_size: int
         idx = order[a:a + batch_size]
         batch = tokenizer([prefix + texts[i] for i in idx], padding=True, truncation=True,
                           max_length=max_length, return_tensors="pt").to(device)
-        h = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        m = batch["attention_mask"].unsqueeze(-1).to(h.dtype)
-        out.append((torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1).float(), idx))
-    emb = torch.empty(len(texts), out[0][0].shape[1]) if out else torch.empty(0, 0)
-    for e, idx in out:
-        emb[idx] = e.cpu()
-    return emb
+        res = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    output_hidden_states=layers is not None)
+        m = batch["attention_mask"].unsqueeze(-1).float()
+        for k in out:
+            h = res.last_hidden_state if k is None else res.hidden_states[k]
+            out[k].append((torch.nn.functional.normalize((h.float() * m).sum(1) / m.sum(1), dim=-1), idx))
+    embs = {}
+    for k, parts in out.items():
+        emb = torch.empty(len(texts), parts[0][0].shape[1]) if parts else torch.empty(0, 0)
+        for e, idx in parts:
+            emb[idx] = e.cpu()
+        embs[k] = emb
+    return embs if layers is not None else embs[None]
 
 
 def top1(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -74,17 +82,27 @@ def top1(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a @ b.T).argmax(1).eq(torch.arange(len(a))).float().mean().item()
 
 
+def _embedder(model, tokenizer, prefix, batch_size, progress, layers):
+    """texts → {key: [N, d]}: key None (last layer) or one key per requested layer."""
+    if layers is None:
+        return lambda texts: {None: encode(model, tokenizer, texts, prefix, batch_size, progress=progress)}
+    return lambda texts: encode(model, tokenizer, texts, prefix, batch_size, progress=progress, layers=layers)
+
+
 def retrieval(model, tokenizer, pairs: dict[str, list[tuple[str, str]]], prefix: str = "",
-              batch_size: int = 64, progress: bool = False) -> dict[str, dict[str, float]]:
-    """language → {en2x, x2en, mean} top-1 accuracy; plus "mean" over languages."""
-    res = {}
+              batch_size: int = 64, progress: bool = False, layers: tuple[int, ...] | None = None) -> dict:
+    """language → {en2x, x2en, mean} top-1 accuracy; plus "mean" over languages. With `layers`:
+    {layer: that dict} for each layer's mean-pooled hidden state, from one pass."""
+    embed = _embedder(model, tokenizer, prefix, batch_size, progress, layers)
+    out: dict = {k: {} for k in (layers or (None,))}
     for lang, items in pairs.items():
-        en = encode(model, tokenizer, [e for e, _ in items], prefix, batch_size, progress=progress)
-        x = encode(model, tokenizer, [t for _, t in items], prefix, batch_size, progress=progress)
-        a, b = top1(en, x), top1(x, en)
-        res[lang] = {"en2x": a, "x2en": b, "mean": (a + b) / 2, "pairs": len(items)}
-    res["mean"] = {k: sum(r[k] for r in res.values()) / max(len(res), 1) for k in ("en2x", "x2en", "mean")}
-    return res
+        en, x = embed([e for e, _ in items]), embed([t for _, t in items])
+        for k, res in out.items():
+            a, b = top1(en[k], x[k]), top1(x[k], en[k])
+            res[lang] = {"en2x": a, "x2en": b, "mean": (a + b) / 2, "pairs": len(items)}
+    for res in out.values():
+        res["mean"] = {k: sum(r[k] for r in res.values()) / max(len(res), 1) for k in ("en2x", "x2en", "mean")}
+    return out if layers is not None else out[None]
 
 
 def load_topic_items(path: str | Path, languages: list[str] | None = None) -> list[dict]:
@@ -118,28 +136,38 @@ def fit_logreg(x: torch.Tensor, y: torch.Tensor, classes: int, steps: int = 300,
     return clf
 
 
-def transfer(model, tokenizer, items: list[dict], prefix: str = "", batch_size: int = 64) -> dict:
-    """{"en": acc, <lang>: acc, ..., "mean_other": acc, "gap": en − mean_other, "classes": [...]}"""
+def transfer(model, tokenizer, items: list[dict], prefix: str = "", batch_size: int = 64,
+             layers: tuple[int, ...] | None = None) -> dict:
+    """{"en": acc, <lang>: acc, ..., "mean_other": acc, "gap": en − mean_other, "classes": [...]}
+    (with `layers`: {layer: that dict}, one classifier per layer, from one pass)."""
+    embed = _embedder(model, tokenizer, prefix, batch_size, False, layers)
     labels = sorted({it["label"] for it in items})
     lid = {k: i for i, k in enumerate(labels)}
     train = [it for it in items if it["split"] == "train"]
     test = [it for it in items if it["split"] == "test"]
-    x = encode(model, tokenizer, [it["en"] for it in train], prefix, batch_size)
-    clf = fit_logreg(x, torch.tensor([lid[it["label"]] for it in train]), len(labels))
+    x = embed([it["en"] for it in train])
+    y = torch.tensor([lid[it["label"]] for it in train])
+    clfs = {k: fit_logreg(v, y, len(labels)) for k, v in x.items()}
+    out = {k: {"classes": labels} for k in clfs}
 
-    def acc(texts, ys):
+    def score(name, texts, ys):
+        emb = embed(texts)
         with torch.no_grad():
-            pred = clf(encode(model, tokenizer, texts, prefix, batch_size)).argmax(1)
-        return pred.eq(torch.tensor(ys)).float().mean().item()
-    res = {"classes": labels, "en": acc([it["en"] for it in test], [lid[it["label"]] for it in test])}
+            for k, clf in clfs.items():
+                out[k][name] = clf(emb[k]).argmax(1).eq(torch.tensor(ys)).float().mean().item()
+    score("en", [it["en"] for it in test], [lid[it["label"]] for it in test])
     langs = sorted({k for it in test for k in it["translations"]})
     for lang in langs:
         sub = [it for it in test if lang in it["translations"]]
-        res[lang] = acc([it["translations"][lang] for it in sub], [lid[it["label"]] for it in sub])
-    others = [res[k] for k in langs]
-    res["mean_other"] = sum(others) / max(len(others), 1)
-    res["gap"] = res["en"] - res["mean_other"]
-    return res
+        score(lang, [it["translations"][lang] for it in sub], [lid[it["label"]] for it in sub])
+    for res in out.values():
+        res["mean_other"] = sum(res[k] for k in langs) / max(len(langs), 1)
+        res["gap"] = res["en"] - res["mean_other"]
+    return out if layers is not None else out[None]
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def load_encoder(path: str, device: str = "cpu"):
@@ -227,11 +255,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _models(args):
     models = [m.split("=", 1) if "=" in m else (Path(m).name, m) for m in args.model]
+    dev = default_device()
     for name, path in models:
-        yield (name, *load_encoder(path))
+        yield (name, *load_encoder(path, dev))
     if args.truncate:
         name, path = models[0]
-        yield (f"{name}[:{args.truncate}]", *truncated(path, args.truncate))
+        yield (f"{name}[:{args.truncate}]", *truncated(path, args.truncate, dev))
 
 
 def _main_transfer(args) -> int:

@@ -45,6 +45,24 @@ def mlm_head(model: nn.Module):
                      f"*ForMaskedLM teacher and student")
 
 
+def mean_pool(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Masked mean over tokens in fp32: [B, L, d] → [B, d] (padding never counts)."""
+    m = mask.unsqueeze(-1).float()
+    return (h.float() * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+def relation_loss(ps: torch.Tensor, pt: torch.Tensor, kind: str, temperature: float) -> torch.Tensor:
+    """Match the in-batch similarity structure of L2-normalised sentence vectors [B, d]."""
+    ss, st = ps @ ps.T, pt @ pt.T
+    if kind == "mse":
+        return (ss - st).pow(2).mean()
+    # kl: each sentence's distribution over the *other* sentences (self-similarity is always 1)
+    off = ~torch.eye(len(ps), dtype=torch.bool, device=ps.device)
+    ls = torch.log_softmax(ss[off].view(len(ps), -1) / temperature, dim=-1)
+    lt = torch.log_softmax(st[off].view(len(ps), -1) / temperature, dim=-1)
+    return (lt.exp() * (lt - ls)).sum(-1).mean()
+
+
 class DistillObjective(nn.Module):
     """Holds the trainable parts of the objective (a width projection when needed)."""
 
@@ -85,6 +103,14 @@ class DistillObjective(nn.Module):
             extra = {} if c.attention == "score_mse" else {"temperature": c.attention_temperature}
             terms["attention"] = sum(fn(*s_qk[s - 1], *t_qk[t - 1], mask, impl=impl, **extra)
                                      for s, t in self.pairs) / len(self.pairs)
+        if c.pooled_weight > 0 or c.relation_weight > 0:
+            # sentence level: always the last layers, whatever the layer map
+            ps = nn.functional.normalize(mean_pool(self._h(s_hidden[-1]), mask), dim=-1)
+            pt = nn.functional.normalize(mean_pool(t_hidden[-1], mask), dim=-1)
+            if c.pooled_weight > 0:
+                terms["pooled"] = (1.0 - (ps * pt).sum(-1)).mean()
+            if c.relation_weight > 0:
+                terms["relation"] = relation_loss(ps, pt, c.relation, c.relation_temperature)
         if c.logit_weight > 0:
             s_tr, s_w, s_b = mlm_head(student)
             t_tr, t_w, t_b = mlm_head(teacher)
@@ -102,6 +128,7 @@ class DistillObjective(nn.Module):
             terms["mlm"] = nn.functional.cross_entropy(logits, labels.reshape(-1)[picked]) \
                 if rows.shape[0] else s_hidden[-1].sum() * 0.0
         weights = {"hidden": c.hidden_weight, "embedding": c.embedding_weight,
-                   "attention": c.attention_weight, "logit": c.logit_weight, "mlm": c.mlm_weight}
+                   "attention": c.attention_weight, "logit": c.logit_weight, "mlm": c.mlm_weight,
+                   "pooled": c.pooled_weight, "relation": c.relation_weight}
         total = sum(weights[k] * v for k, v in terms.items())
         return total, terms
