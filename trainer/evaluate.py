@@ -209,10 +209,11 @@ def write_tables(results: dict[str, dict], out: Path, title: str = "retrieval") 
 def format_table(results: dict[str, dict]) -> str:
     names = list(results)
     langs = [k for k in next(iter(results.values())) if k != "mean"] + ["mean"]
-    head = f"{'language':<10}" + "".join(f"{n:>14}" for n in names)
+    w = [max(10, len(n) + 2) for n in names]
+    head = f"{'language':<10}" + "".join(f"{n:>{k}}" for n, k in zip(names, w))
     rows = [head, "-" * len(head)]
     for lang in langs:
-        rows.append(f"{lang:<10}" + "".join(f"{results[n][lang]['mean']:>14.3f}" for n in names))
+        rows.append(f"{lang:<10}" + "".join(f"{results[n][lang]['mean']:>{k}.3f}" for n, k in zip(names, w)))
     return "\n".join(rows)
 
 
