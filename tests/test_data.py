@@ -101,6 +101,7 @@ def test_parallel_pairs_ride_along_tokenised_like_the_shards(segment_shards, tmp
     from data_prep.tokenizer import load_tokenizer
     ds = parallel_stream(segment_shards, write_pairs(tmp_path / "p.jsonl", PAIRS))
     assert len(ds.parallel.items) == 2  # the item with only a non-training language is left out
+    assert ds.parallel.unused == 1      # ... and counted
     manifest = read_manifest(segment_shards)
     tok = load_tokenizer(manifest["tokenizer"]["name"])
 
@@ -137,3 +138,11 @@ def test_bad_parallel_files_are_named(segment_shards, tmp_path):
         parallel_stream(segment_shards, bad)
     with pytest.raises(DataError, match="no pairs"):
         parallel_stream(segment_shards, write_pairs(tmp_path / "fr.jsonl", PAIRS[2:]))
+
+
+def test_parallel_needs_english_among_the_training_languages(segment_shards, tmp_path):
+    from trainer.data import DataError, MixedStream
+    cfg = DataConfig(shards=str(segment_shards), micro_batch_size=4, num_workers=0,
+                     parallel=str(write_pairs(tmp_path / "p.jsonl", PAIRS)))
+    with pytest.raises(DataError, match="English"):
+        MixedStream(cfg, read_manifest(segment_shards), {"de": 1.0, "ru": 1.0}, 0, 1, 0, 1)

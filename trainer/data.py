@@ -75,6 +75,7 @@ class ParallelPairs:
     def __init__(self, path: str, languages: list[str], manifest: dict):
         self.path, self.manifest = path, manifest
         self.items: list[tuple[str, list[tuple[str, str]]]] = []
+        self.unused = 0  # rows with no translation into the training languages
         allowed = set(languages) - {"en"}
         try:
             with open(Path(path).expanduser(), encoding="utf-8") as f:
@@ -90,6 +91,8 @@ class ParallelPairs:
                                         f"row ({type(e).__name__}: {e})") from None
                     if trs and en:
                         self.items.append((en, trs))
+                    else:
+                        self.unused += 1
         except OSError as e:
             raise DataError(f"data.parallel: cannot read {path}: {e}") from None
         if not self.items:

@@ -132,6 +132,10 @@ class Distiller:
                                                 self.world, start_batch=self.consumed,
                                                 mask_id=self._mask_id() if cfg.loss.mlm_weight > 0 else None)
         self.stream_languages = self.stream.languages
+        if self.stream.parallel is not None:
+            par = self.stream.parallel
+            self._log(f"data.parallel: {len(par.items)} items from {cfg.data.parallel} "
+                      f"({par.unused} rows without a translation into the training languages left out)")
 
         # 8. metrics + run-dir records (rank 0)
         self.run_dir.mkdir(parents=True, exist_ok=True)
