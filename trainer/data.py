@@ -5,7 +5,8 @@ Every (rank, worker) pair owns one deterministic, endless stream (no rank can ru
 hang the others): its share of each language — whole shards when a language has at least one
 shard per stream, every S-th sample otherwise — read epoch after epoch in a seeded shard
 order through a seeded shuffle buffer, and mixed by a seeded draw of the language for every
-sample (optionally grouped by length into batches). The DataLoader hands out batches round-robin over its workers, so the data position
+sample (optionally grouped by length into batches, optionally with translation pairs riding
+along). The DataLoader hands out batches round-robin over its workers, so the data position
 is one number, the micro-batches this rank has consumed; on resume worker w plays the role
 of the worker that was next in line, and each role skips the batches it had produced.
 """
