@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ def load_sweep(path: Path) -> dict:
     import yaml
 
     from configs.loader import expand_env
+    from trainer.demo_report import XNLI_OTHER
     spec = yaml.safe_load(path.read_text())
     for key in ("base", "variants"):
         if key not in spec:
@@ -38,9 +38,8 @@ def load_sweep(path: Path) -> dict:
     spec.setdefault("common", [])
     spec.setdefault("prefix", "query: ")
     spec.setdefault("max_per_language", 300)
-    spec.setdefault("languages", "ar bg de el es fr hi ru sw th tr ur vi zh".split())
-    spec["pairs"] = os.path.expanduser(expand_env(spec.get(
-        "pairs", "${LIGHTMBERT_CACHE:-~/.cache/lightmbert}/demo/heldout.jsonl")))
+    spec.setdefault("languages", XNLI_OTHER)
+    spec["pairs"] = expand_env(spec.get("pairs", "${LIGHTMBERT_CACHE:-~/.cache/lightmbert}/demo/heldout.jsonl"))
     return spec
 
 

@@ -51,6 +51,7 @@ def encode(model, tokenizer, texts: list[str], prefix: str = "", batch_size: int
     """L2-normalised mean-pooled last hidden states, [N, d] float32. With `layers` (indices
     into hidden_states, 0 = embeddings): {layer: [N, d]} from one forward pass — the teacher
     and its truncation (the student before distillation) for the price of the teacher."""
+    from .losses import mean_pool  # the pooling the sentence-level losses train
     out: dict[int | None, list] = {k: [] for k in (layers or (None,))}
     device = next(model.parameters()).device
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # less padding per batch
@@ -64,10 +65,9 @@ def encode(model, tokenizer, texts: list[str], prefix: str = "", batch_size: int
                           max_length=max_length, return_tensors="pt").to(device)
         res = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                     output_hidden_states=layers is not None)
-        m = batch["attention_mask"].unsqueeze(-1).float()
         for k in out:
             h = res.last_hidden_state if k is None else res.hidden_states[k]
-            out[k].append((torch.nn.functional.normalize((h.float() * m).sum(1) / m.sum(1), dim=-1), idx))
+            out[k].append((torch.nn.functional.normalize(mean_pool(h, batch["attention_mask"]), dim=-1), idx))
     embs = {}
     for k, parts in out.items():
         emb = torch.empty(len(texts), parts[0][0].shape[1]) if parts else torch.empty(0, 0)
