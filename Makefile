@@ -27,7 +27,7 @@ $(STAMP): setup.py Makefile
 	touch $@
 
 demo-assets: setup
-	$(PY) -m data_prep.demo_assets
+	$(PY) -m demo.assets
 
 # make demo [VARIANT=lightmbert|unfrozen|random] [DEMO_ARGS="--run.max_steps=100 ..."]
 VARIANT ?= lightmbert
@@ -41,7 +41,7 @@ demo: demo-assets
 	$(PY) -m data_prep.inspect runs/demo/shards
 	DS_ACCELERATOR=cpu $(VENV)/bin/torchrun --standalone --nproc_per_node 2 -m trainer.distill \
 	  --config configs/distill/demo_cpu.yaml --run.output_dir=$(DEMO_RUN) $(DEMO_OVERRIDES_$(VARIANT)) $(DEMO_ARGS)
-	$(PY) -m trainer.demo_report --teacher $(LIGHTMBERT_CACHE)/demo/teacher \
+	$(PY) -m demo.report --teacher $(LIGHTMBERT_CACHE)/demo/teacher \
 	  --student $(DEMO_RUN)/student --pairs $(LIGHTMBERT_CACHE)/demo/heldout.jsonl --out $(DEMO_RUN)/eval
 
 test: setup

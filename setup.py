@@ -10,8 +10,8 @@ setup(
     version="0.1.0",
     description="Distributed distillation of multilingual BERT teachers into LightMBERT students",
     python_requires=">=3.10",
-    packages=find_packages(include=["trainer", "trainer.*", "kernels", "kernels.*",
-                                    "data_prep", "data_prep.*", "configs", "configs.*"]),
+    packages=find_packages(include=["trainer", "trainer.*", "kernels", "kernels.*", "data_prep", "data_prep.*",
+                                    "configs", "configs.*", "evaluation", "evaluation.*", "demo", "demo.*"]),
     # The YAML files beside the config loader ship with the package, so an installed (not
     # editable) copy still finds configs/data/*.yaml and configs/distill/*.yaml.
     package_data={"configs": ["*.yaml", "*/*.yaml"]},

@@ -67,8 +67,8 @@ def whole_stage(text: Path, tokenizer: str, procs: int, out: Path) -> tuple[floa
 
 
 def prepare_text(tmp: Path, mb: float) -> tuple[Path, str, str]:
-    from data_prep.demo_assets import default_cache
-    demo = default_cache() / "demo"
+    from configs.loader import expand_env
+    demo = Path(expand_env("${LIGHTMBERT_CACHE:-~/.cache/lightmbert}/demo"))  # made by `make demo-assets`
     text = tmp / "text"
     text.mkdir()
     limit = int(mb * (1 << 20))
@@ -77,7 +77,7 @@ def prepare_text(tmp: Path, mb: float) -> tuple[Path, str, str]:
             data = (demo / "text" / f"{lang}.txt").read_bytes()[:limit]
             (text / f"{lang}.txt").write_bytes(data[: data.rfind(b"\n") + 1])
         return text, str(demo / "teacher"), "demo corpus, multilingual-e5-small tokenizer"
-    from tests.helpers import WORDS, make_tokenizer, random_documents, write_text
+    from data_prep.synthetic import WORDS, make_tokenizer, random_documents, write_text
     for i, lang in enumerate(WORDS):
         docs, size = [], 0
         while size < limit:

@@ -31,7 +31,7 @@ SIZES = {  # teacher BertConfig, student layers
 def make_shards(tmp: Path, seq: int) -> Path:
     from configs import PrepConfig, load
     from data_prep.shard import run
-    from tests.helpers import WORDS, make_tokenizer, random_documents, write_text
+    from data_prep.synthetic import WORDS, make_tokenizer, random_documents, write_text
     tok = make_tokenizer(tmp / "tok")
     for i, lang in enumerate(WORDS):
         write_text(tmp / "text" / f"{lang}.txt", random_documents(lang, 1500, seed=i, max_segments=12))

@@ -1,7 +1,9 @@
-"""data_prep: multilingual text → tokenised, packed webdataset tar shards (CPU only).
+"""data_prep: multilingual text (and translation pairs) → tokenised webdataset shards (CPU only).
 
-Never imports `trainer` (it runs on CPU-only prep nodes). Entry points:
-`python -m data_prep.shard`, `python -m data_prep.inspect`, `python -m data_prep.demo_assets`.
+Never imports `trainer`, `evaluation` or `demo` (it runs on CPU-only prep nodes; tested).
+Entry points: `python -m data_prep.shard`, `python -m data_prep.inspect`. Also the bottom layer
+the other packages share: `data_prep.progress` (progress with or without a terminal),
+`data_prep.tokenizer`, `data_prep.manifest`, `data_prep.synthetic` (test/benchmark inputs).
 """
 
 

@@ -53,6 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(rows, args.alpha))
     counts = {k: v for k, v in m["totals"]["counts"].items() if v}
     print("counts: " + ", ".join(f"{k}={v:,}" for k, v in counts.items()))
+    par = m.get("parallel")
+    if par:
+        trs = par["translations"]
+        print(f"translation pairs: {par['items']:,} items, {sum(trs.values()):,} translations into "
+              f"{len(trs)} languages, {par['tokens']:,} tokens, {len(par['shards'])} shards "
+              f"(from {par['source']}); " + ", ".join(f"{k}={v:,}" for k, v in par["counts"].items() if v))
     if args.verify:
         print("verified: every shard present, hashes and counts match")
     return 0

@@ -48,8 +48,18 @@ def shard_paths(manifest: dict, out_dir: str | os.PathLike, lang: str) -> list[s
     return [str(Path(out_dir) / s["path"]) for s in manifest["languages"][lang]["shards"]]
 
 
+def _check_files(out_dir, shards: list[dict], check_hashes: bool) -> None:
+    for sh in shards:
+        p = Path(out_dir) / sh["path"]
+        if not p.is_file():
+            raise PrepError(f"missing shard {p}")
+        if check_hashes and sha256_file(p) != sh["sha256"]:
+            raise PrepError(f"shard {p}: sha256 differs from the manifest")
+
+
 def verify(out_dir: str | os.PathLike, check_hashes: bool = True) -> dict:
-    """Check that every shard exists with its recorded hash and that counts add up."""
+    """Check that every shard (text and translation pairs) exists with its recorded hash and
+    that counts add up."""
     m = read_manifest(out_dir)
     total_samples = total_tokens = 0
     for lang, info in m["languages"].items():
@@ -58,14 +68,14 @@ def verify(out_dir: str | os.PathLike, check_hashes: bool = True) -> dict:
         if s != info["samples"] or t != info["tokens"]:
             raise PrepError(f"manifest {lang}: shard counts ({s} samples, {t} tokens) do not add "
                             f"up to the language totals ({info['samples']}, {info['tokens']})")
-        for sh in info["shards"]:
-            p = Path(out_dir) / sh["path"]
-            if not p.is_file():
-                raise PrepError(f"missing shard {p}")
-            if check_hashes and sha256_file(p) != sh["sha256"]:
-                raise PrepError(f"shard {p}: sha256 differs from the manifest")
+        _check_files(out_dir, info["shards"], check_hashes)
         total_samples += s
         total_tokens += t
     if (total_samples, total_tokens) != (m["totals"]["samples"], m["totals"]["tokens"]):
         raise PrepError("manifest totals do not match the per-language sums")
+    par = m.get("parallel")
+    if par:  # translation pairs (data_prep.parallel)
+        if sum(sh["samples"] for sh in par["shards"]) != par["items"]:
+            raise PrepError("manifest parallel: shard items do not add up to the item count")
+        _check_files(out_dir, par["shards"], check_hashes)
     return m

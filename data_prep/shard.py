@@ -3,6 +3,7 @@
 Multilingual text → tokenised, packed webdataset shards, one shard stream per language:
 
     OUT/<lang>/<lang>-000000.tar ...   samples: <key>.input_ids.npy, <key>.lang.txt
+    OUT/parallel/parallel-000000.tar   translation pairs (input.parallel; see data_prep.parallel)
     OUT/manifest.json                  counts, hashes, tokenizer identity (written last)
     OUT/config.yaml                    the resolved config
 
@@ -10,7 +11,8 @@ Two phases, both over a process pool:
   1. tokenise + pack each work unit (a file, or a chunk of a big text file) into
      OUT/.work/<lang>/<unit>.npz (written under a temporary name, then renamed);
   2. per language, stream the units in order into tar shards of `shard_samples` sequences
-     (each shard written as .tar.tmp and renamed when complete).
+     (each shard written as .tar.tmp and renamed when complete); translation pairs, if any,
+     are tokenised in chunks by the same pool and written in file order.
 Units and shard boundaries depend only on the config, never on the worker count, and the
 tar headers carry fixed metadata, so the bytes are the same however the work was split or
 interrupted. A re-run skips finished units and shards; kill -9 at any moment is safe.
@@ -32,8 +34,10 @@ import numpy as np
 from configs import ConfigError, PrepConfig, dump, parse_cli
 
 from . import PrepError
+from . import parallel as pairs
 from .manifest import FORMAT, IDENTITY, MANIFEST, read_manifest, sha256_file, write_json
 from .packing import Packer
+from .progress import Progress
 from .tarwriter import ShardStream, npy_bytes
 from .readers import Unit, check_encodings, fingerprint, plan_units, read_documents, resolve_inputs
 from .tokenizer import backend_json, describe_tokenizer, load_tokenizer
@@ -156,6 +160,47 @@ def _write_language(job: tuple) -> tuple[str, dict]:
                   "counts": dict(sorted(counts.items()))}
 
 
+def _tokenize_pairs(job: tuple) -> tuple[list, Counter]:
+    chunk, p = job
+    return pairs.tokenize_rows(chunk, _encode, [p["cls_id"], *p["prefix_ids"]], p["sep_id"], p["seq_len"],
+                               p["dtype"])
+
+
+def _write_parallel(pool, path: str, out: Path, p: dict, languages: set[str], shard_samples: int) -> dict:
+    """input.parallel → OUT/parallel/*.tar (rewritten whole on a re-run: same bytes) + its
+    manifest entry."""
+    counts: Counter = Counter()
+    rows = pairs.read_rows(path, languages, p["normalize"], counts)
+    if not rows:
+        raise PrepError(f"input.parallel: {path} has no item with English and a translation into "
+                        f"{sorted(languages - {'en'})}")
+    jobs = [(rows[a:a + pairs.ROWS_PER_JOB], p) for a in range(0, len(rows), pairs.ROWS_PER_JOB)]
+    d = out / pairs.DIR
+    d.mkdir(parents=True, exist_ok=True)
+    writer = ShardStream(str(d / "parallel-%06d.tar"), shard_samples)
+    per_lang: Counter = Counter()
+    tokens: list[int] = []  # per item, for the shard entries
+    with Progress(len(rows), "data_prep pairs", "items") as bar:
+        for items, c in (map(_tokenize_pairs, jobs) if pool is None else pool.imap(_tokenize_pairs, jobs)):
+            counts.update(c)
+            for item in items:
+                writer.write(pairs.sample(len(tokens), item, npy_bytes))
+                per_lang.update(lang for lang, _ in item[1])
+                tokens.append(len(item[0]) + sum(len(ids) for _, ids in item[1]))
+            bar.update(len(items))
+    writer.close()
+    for stale in d.glob("*.tmp"):
+        stale.unlink()
+    shards = []
+    for k in range(math.ceil(len(tokens) / shard_samples)):
+        f = d / f"parallel-{k:06d}.tar"
+        part = tokens[k * shard_samples:(k + 1) * shard_samples]
+        shards.append({"path": f"{pairs.DIR}/{f.name}", "samples": len(part), "tokens": sum(part),
+                       "sha256": sha256_file(f)})
+    return {"source": path, "items": len(rows), "translations": dict(sorted(per_lang.items())),
+            "tokens": sum(tokens), "shards": shards, "counts": dict(sorted(counts.items()))}
+
+
 # ============================================================================ driver
 def _identity(cfg: PrepConfig, tok_info, dtype: str) -> dict:
     return {"format": FORMAT, "tokenizer": tok_info.to_dict(), "seq_len": cfg.packing.seq_len,
@@ -177,8 +222,10 @@ def _check_identity(out: Path, identity: dict) -> None:
         return
     old = json.loads(path.read_text(encoding="utf-8"))
     diffs = []
-    for key in sorted(set(old) | set(identity)):
-        a, b = old.get(key), identity.get(key)
+    # inputs and parallel are fingerprinted after a first check (hashing takes time): a key
+    # missing on either side was not recorded yet and is compared on the second call
+    for key in sorted(set(old) & set(identity)):
+        a, b = old[key], identity[key]
         if key == "tokenizer" and isinstance(a, dict) and isinstance(b, dict):
             if a.get("sha256") != b.get("sha256") or a.get("vocab_size") != b.get("vocab_size"):
                 diffs.append(f"tokenizer: {a.get('name')!r} (sha256 {a.get('sha256', '')[:12]}) "
@@ -236,6 +283,8 @@ def run(cfg: PrepConfig, command: str = "") -> dict:
     # Everything that can be wrong with the input fails here, before any work.
     check_encodings(cfg.input)
     files = resolve_inputs(cfg.input)
+    if cfg.input.parallel and not Path(cfg.input.parallel).expanduser().is_file():
+        raise PrepError(f"input.parallel: {cfg.input.parallel} is not a file")
     tok = load_tokenizer(cfg.tokenizer.name_or_path)
     info = describe_tokenizer(tok, cfg.tokenizer.name_or_path)
     dtype = "uint16" if info.vocab_size <= 1 << 16 else "uint32"
@@ -252,6 +301,7 @@ def run(cfg: PrepConfig, command: str = "") -> dict:
     try:
         fps = {f["path"]: f for f in _map(pool, fingerprint, [p for ps in files.values() for p in ps])}
         identity["inputs"] = {lang: [fps[p] for p in ps] for lang, ps in files.items()}
+        identity["parallel"] = fingerprint(str(Path(cfg.input.parallel).expanduser())) if cfg.input.parallel else None
         _check_identity(out, identity)
         write_json(out / IDENTITY, identity)
         if (out / MANIFEST).exists():
@@ -262,18 +312,15 @@ def run(cfg: PrepConfig, command: str = "") -> dict:
         _log(f"{len(files)} languages, {len(units)} work units, {workers} workers, "
              f"tokenizer {info.name} (vocab {info.vocab_size}), seq_len {cfg.packing.seq_len}")
         work = out / ".work"
-        from tqdm import tqdm
         mine = units if cfg.num_tasks == 1 else \
             [u for i, u in enumerate(units) if i % cfg.num_tasks == cfg.task_index]
         jobs = sorted(((u, work, params) for u in mine),
                       key=lambda j: -(os.path.getsize(j[0].path) if j[0].end < 0 else j[0].end - j[0].start))
         tokens = 0
-        with tqdm(total=len(mine), unit="unit", desc="tokenise", file=sys.stderr,
-                  disable=None) as bar:
+        with Progress(len(mine), "data_prep tokenise", "units") as bar:
             for _, n in _map(pool, _tokenize_unit, jobs):
                 tokens += n
-                bar.update(1)
-                bar.set_postfix(tokens=tokens)
+                bar.update(1, tokens=tokens)
         if cfg.num_tasks > 1:  # an array task: the final run writes the shards
             _log(f"task {cfg.task_index}/{cfg.num_tasks}: tokenised {len(mine)} of {len(units)} "
                  f"units ({tokens:,} tokens); shards are written by the final run")
@@ -282,7 +329,15 @@ def run(cfg: PrepConfig, command: str = "") -> dict:
         for u in sorted(units, key=lambda u: (u.lang, u.uid)):
             by_lang[u.lang].append(_unit_path(work, u))
         lang_jobs = [(lang, ps, out, cfg.output.shard_samples) for lang, ps in by_lang.items()]
-        languages = dict(_map(pool, _write_language, lang_jobs))
+        languages = {}
+        with Progress(len(lang_jobs), "data_prep write", "languages") as bar:
+            for lang, entry in _map(pool, _write_language, lang_jobs):
+                languages[lang] = entry
+                bar.update(1)
+        parallel = None
+        if cfg.input.parallel:
+            parallel = _write_parallel(pool, identity["parallel"]["path"], out, params, set(files),
+                                       cfg.output.shard_samples)
     finally:
         if pool is not None:
             pool.terminate()
@@ -308,6 +363,8 @@ def run(cfg: PrepConfig, command: str = "") -> dict:
                    "counts": dict(sorted(totals.items()))},
         "languages": languages,
     }
+    if parallel is not None:
+        manifest["parallel"] = parallel
     dump(cfg, out / "config.yaml", header=command or "python -m data_prep.shard")
     write_json(out / MANIFEST, manifest)  # last: its presence marks the folder complete
     shutil.rmtree(out / ".work", ignore_errors=True)

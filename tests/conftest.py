@@ -9,7 +9,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from tests.helpers import WORDS, make_tokenizer, random_documents, write_text
+from data_prep.synthetic import WORDS, make_tokenizer, random_documents, write_text
 
 # torch 2.13 + DeepSpeed deprecation noise is not ours to fix.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"(deepspeed|torch)\..*")

@@ -1,5 +1,5 @@
 """trainer.data in one process: length grouping keeps every sample, cuts padding, and stays
-deterministic across a resume."""
+deterministic across a resume. (Translation pairs: tests/test_pairs.py.)"""
 from __future__ import annotations
 
 import itertools
@@ -8,7 +8,7 @@ import pytest
 
 from configs import DataConfig, PrepConfig, load
 from data_prep.manifest import read_manifest
-from tests.helpers import WORDS, make_tokenizer, random_documents, write_text
+from data_prep.synthetic import WORDS, make_tokenizer, random_documents, write_text
 
 
 @pytest.fixture(scope="module")
@@ -75,74 +75,3 @@ def test_grouped_stream_resumes_exactly(segment_shards):
 def test_group_by_length_must_not_be_negative():
     with pytest.raises(ValueError, match="group_by_length"):
         DataConfig(shards="x", group_by_length=-1)
-
-
-def write_pairs(path, rows):
-    import json
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-PAIRS = [{"en": "the quick brown fox", "translations": {"de": "der schnelle braune fuchs", "ru": "быстрая лиса"}},
-         {"en": "the lazy dog runs far away", "translations": {"el": "τον τεμπέλη σκύλο", "xx": "ignored"}},
-         {"en": "from home", "translations": {"fr": "not a training language"}}]
-
-
-def parallel_stream(shards, pairs_file, pairs=3, start_batch=0, group=0):
-    from trainer.data import MixedStream
-    cfg = DataConfig(shards=str(shards), micro_batch_size=4, num_workers=0, shuffle_buffer=20,
-                     parallel=str(pairs_file), parallel_pairs=pairs, group_by_length=group)
-    manifest = read_manifest(shards)
-    return MixedStream(cfg, manifest, {k: 1.0 for k in manifest["languages"]}, pad_id=0, seed=3, rank=0,
-                       world=1, start_batch=start_batch)
-
-
-def test_parallel_pairs_ride_along_tokenised_like_the_shards(segment_shards, tmp_path):
-    from data_prep.tokenizer import load_tokenizer
-    ds = parallel_stream(segment_shards, write_pairs(tmp_path / "p.jsonl", PAIRS))
-    assert len(ds.parallel.items) == 2  # the item with only a non-training language is left out
-    assert ds.parallel.unused == 1      # ... and counted
-    manifest = read_manifest(segment_shards)
-    tok = load_tokenizer(manifest["tokenizer"]["name"])
-
-    def ids(text):
-        return tuple(tok(manifest["packing"].get("prefix", "") + text)["input_ids"])
-    expected = {ids(r["en"]): {ids(t) for k, t in r["translations"].items() if k in ("de", "ru", "el")}
-                for r in PAIRS[:2]}
-    langs = ds.languages
-    for b in take(ds, 6):
-        r = rows(b)
-        assert len(r) == 4 + 2 * 3
-        en_rows, x_rows = r[4:7], r[7:10]
-        assert all(langs[i] == "en" for i in b["lang"][4:7].tolist())
-        for e, x, li in zip(en_rows, x_rows, b["lang"][7:10].tolist()):
-            assert x in expected[e], "a translation row must belong to the English row it pairs with"
-            assert langs[li] != "en"
-
-
-def test_parallel_stream_resumes_exactly(segment_shards, tmp_path):
-    f = write_pairs(tmp_path / "p.jsonl", PAIRS)
-    full = take(parallel_stream(segment_shards, f, group=2), 9)
-    resumed = take(parallel_stream(segment_shards, f, group=2, start_batch=5), 4)
-    for a, b in zip(full[5:], resumed):
-        assert a["input_ids"].equal(b["input_ids"])
-
-
-def test_bad_parallel_files_are_named(segment_shards, tmp_path):
-    from trainer.data import DataError
-    with pytest.raises(DataError, match="cannot read"):
-        parallel_stream(segment_shards, tmp_path / "missing.jsonl")
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"en": "a b", "translations": {"de": "x"}}\n{"en": "no translations"}\n')
-    with pytest.raises(DataError, match=r"bad.jsonl:2"):
-        parallel_stream(segment_shards, bad)
-    with pytest.raises(DataError, match="no pairs"):
-        parallel_stream(segment_shards, write_pairs(tmp_path / "fr.jsonl", PAIRS[2:]))
-
-
-def test_parallel_needs_english_among_the_training_languages(segment_shards, tmp_path):
-    from trainer.data import DataError, MixedStream
-    cfg = DataConfig(shards=str(segment_shards), micro_batch_size=4, num_workers=0,
-                     parallel=str(write_pairs(tmp_path / "p.jsonl", PAIRS)))
-    with pytest.raises(DataError, match="English"):
-        MixedStream(cfg, read_manifest(segment_shards), {"de": 1.0, "ru": 1.0}, 0, 1, 0, 1)

@@ -1,6 +1,6 @@
 """A short run of the whole chain `make demo` runs (few languages, few steps) on the real
-offline assets: shard → distil (2 ranks, torchrun) → report. Skips where the assets cannot be
-fetched."""
+offline assets: shard (+ translation pairs) → distil (2 ranks, torchrun, live evaluation) →
+report. Skips where the assets cannot be fetched."""
 import csv
 import json
 import os
@@ -16,11 +16,11 @@ BIN = Path(sys.executable).parent
 
 @pytest.mark.slow
 def test_demo_chain_smoke(tmp_path):
-    from data_prep import PrepError
-    from data_prep.demo_assets import build, default_cache
+    from demo import DemoError
+    from demo.assets import build, default_cache
     try:
         assets = build(default_cache())
-    except PrepError as e:
+    except DemoError as e:
         pytest.skip(f"demo assets cannot be fetched here: {e}")
     env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
     shards, run = tmp_path / "shards", tmp_path / "run"
@@ -29,14 +29,29 @@ def test_demo_chain_smoke(tmp_path):
          "--input.include=[en, de, ru]", f"--output.dir={shards}", "--packing.seq_len=64"],
         [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "trainer.distill",
          "--config", "configs/distill/demo_cpu.yaml", f"--run.output_dir={run}", f"--data.shards={shards}",
-         "--run.max_steps=3", "--run.log_interval=1", "--data.micro_batch_size=4", "--student.num_layers=2"],
-        [sys.executable, "-m", "trainer.demo_report", "--teacher", assets["teacher"], "--student", str(run / "student"),
+         "--run.max_steps=3", "--run.log_interval=1", "--data.micro_batch_size=4", "--student.num_layers=2",
+         "--eval.interval=2", "--eval.max_pairs=10", "--eval.languages=[de, ru]"],
+        [sys.executable, "-m", "demo.report", "--teacher", assets["teacher"], "--student", str(run / "student"),
          "--pairs", assets["heldout"], "--languages", "de", "ru", "--max-per-language", "20",
          "--out", str(run / "eval")],
     ]
+    logs = []
     for cmd in steps:
         r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
         assert r.returncode == 0, (cmd, r.stdout[-2000:], r.stderr[-3000:])
+        logs.append(r.stdout + r.stderr)
+    # the pairs were sharded by data_prep (3 languages: en, de, ru) and ride along in training
+    par = json.loads((shards / "manifest.json").read_text())["parallel"]
+    assert set(par["translations"]) == {"de", "ru"} and par["items"] > 1000
+    assert "data.parallel: " in logs[1]
+    # live evaluation: visible in TensorBoard at step 0, 2 and the last step
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    ev = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    ev.Reload()
+    assert [e.step for e in ev.Scalars("eval/retrieval/mean")] == [0, 2, 3]
+    assert "eval/retrieval/de" in ev.Tags()["scalars"] and "eval/retrieval/ru" in ev.Tags()["scalars"]
+    # the report shows progress though its output is a pipe (as under `make demo | tee`)
+    assert "[retrieval teacher + before]" in logs[2] and "[retrieval after]" in logs[2]
     report = json.loads((run / "eval" / "report.json").read_text())
     assert set(report["retrieval_mean"]) == {"teacher", "before (2 layers)", "after (2 layers)"}
     assert all(0 <= v <= 1 for v in report["retrieval_mean"].values())
@@ -53,7 +68,7 @@ def test_demo_chain_smoke(tmp_path):
         "common": [f"--data.shards={shards}", "--run.max_steps=2", "--data.micro_batch_size=4",
                    "--student.num_layers=2", "--engine.zero_stage=0"],
         "variants": {"ok": ["--optim.lr=1e-4"], "broken": ["--loss.relation=nope"]}}))
-    r = subprocess.run([sys.executable, "-m", "benchmarks.sweep_demo", "--sweep", str(sweep), "--out",
+    r = subprocess.run([sys.executable, "-m", "demo.sweep", "--sweep", str(sweep), "--out",
                         str(tmp_path / "sweep")], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
     rows = {row["variant"]: row for row in csv.DictReader(open(tmp_path / "sweep" / "sweep.csv"))}

@@ -12,9 +12,9 @@ import struct
 import numpy as np
 import pytest
 
-from data_prep import PrepError
-from data_prep.demo_corpus import clean, is_heldout, normalize_lang
-from data_prep.e5_convert import _dequant_q4_0
+from demo import DemoError
+from demo.corpus import clean, is_heldout, normalize_lang
+from demo.e5_convert import _dequant_q4_0
 
 SENTENCES = [
     "The committee approved the new budget after a long debate.",
@@ -28,10 +28,10 @@ SENTENCES = [
 
 @pytest.fixture(scope="session")
 def demo_assets():
-    from data_prep.demo_assets import build, default_cache
+    from demo.assets import build, default_cache
     try:
         return build(default_cache())
-    except PrepError as e:
+    except DemoError as e:
         pytest.skip(f"demo assets cannot be fetched here: {e}")
 
 
@@ -43,7 +43,7 @@ def test_dequant_q4_0_hand_made_block():
     got = _dequant_q4_0(block * 2, 64)
     want = (np.concatenate([nibbles[:16], nibbles[16:]]) - 8) * 0.5
     np.testing.assert_array_equal(got, np.concatenate([want, want]))
-    with pytest.raises(PrepError, match="blocks for"):
+    with pytest.raises(DemoError, match="blocks for"):
         _dequant_q4_0(block, 64)
 
 

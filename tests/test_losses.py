@@ -7,7 +7,8 @@ import torch
 from transformers import BertConfig, BertModel
 
 from configs import LossConfig
-from trainer.losses import DistillObjective, mean_pool
+from evaluation.pooling import mean_pool
+from trainer.losses import DistillObjective
 
 
 def tiny(layers: int) -> BertModel:

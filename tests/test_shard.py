@@ -18,7 +18,7 @@ from configs import ConfigError, PrepConfig, load
 from data_prep import PrepError
 from data_prep.manifest import read_manifest, shard_paths, verify
 from data_prep.shard import run
-from tests.helpers import WORDS, random_documents, write_text
+from data_prep.synthetic import WORDS, random_documents, write_text
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -169,7 +169,7 @@ def test_resume_from_partial_state_skips_finished_work(corpus, tiny_tokenizer, t
 
 
 def test_different_tokenizer_or_seq_len_into_same_out_is_an_error(corpus, tiny_tokenizer, tmp_path):
-    from tests.helpers import make_tokenizer
+    from data_prep.synthetic import make_tokenizer
     out = tmp_path / "out"
     run(cfg_for(corpus, tiny_tokenizer, out, "--workers=1"))
     with pytest.raises(PrepError, match=r"seq_len: 24 → 32"):

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from configs import DistillConfig, PrepConfig, load
-from tests.helpers import WORDS, make_tokenizer, random_documents, write_text
+from data_prep.synthetic import WORDS, make_tokenizer, random_documents, write_text
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -364,7 +364,7 @@ def test_nonfinite_losses_are_skipped_counted_and_abort(shards, tmp_path):
 
 @pytest.mark.slow
 def test_teacher_directory_with_another_tokenizer_is_refused(shards, tmp_path):
-    from tests.helpers import make_tokenizer
+    from data_prep.synthetic import make_tokenizer
     from trainer.models import load_teacher
     cfg = load(DistillConfig, REPO / CONFIG)
     teacher = load_teacher(cfg.teacher, False, torch.device("cpu"), torch.float32, 0)

@@ -5,8 +5,8 @@ Every (rank, worker) pair owns one deterministic, endless stream (no rank can ru
 hang the others): its share of each language — whole shards when a language has at least one
 shard per stream, every S-th sample otherwise — read epoch after epoch in a seeded shard
 order through a seeded shuffle buffer, and mixed by a seeded draw of the language for every
-sample (optionally grouped by length into batches, optionally with translation pairs riding
-along). The DataLoader hands out batches round-robin over its workers, so the data position
+sample (optionally grouped by length into batches, optionally with translation pairs — the
+shards' pre-tokenised pair shards — riding along). The DataLoader hands out batches round-robin over its workers, so the data position
 is one number, the micro-batches this rank has consumed; on resume worker w plays the role
 of the worker that was next in line, and each role skips the batches it had produced.
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import random
 import tarfile
 from collections import Counter
@@ -67,57 +66,62 @@ def plan_streams(manifest: dict, root: str, languages: list[str], n_streams: int
     return plans
 
 
+def read_tar(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {field: bytes}) of each webdataset sample of one tar shard, in order."""
+    key, fields = None, {}
+    with tarfile.open(path, "r|") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            k, _, field = Path(member.name).name.partition(".")
+            if k != key and key is not None:
+                yield key, fields
+                fields = {}
+            key = k
+            fields[field] = tar.extractfile(member).read()
+    if key is not None:
+        yield key, fields
+
+
 class ParallelPairs:
-    """Translation pairs for data.parallel: a JSONL of {"en": text, "translations": {lang: text}}
-    (the demo's parallel.jsonl). Each draw is `pairs` items, each with one of its translations
-    into the training languages, tokenised as the shards were (start token, prefix + text, end
-    token, at most seq_len)."""
+    """The translation pairs of a data_prep output (manifest entry `parallel`, written by
+    data_prep.parallel from `input.parallel`): items of (English ids, [(language, ids), ...]),
+    restricted to the training languages. Each draw is `pairs` items with one of their
+    translations each."""
 
-    def __init__(self, path: str, languages: list[str], manifest: dict):
-        self.path, self.manifest = path, manifest
-        self.items: list[tuple[str, list[tuple[str, str]]]] = []
-        self.unused = 0  # rows with no translation into the training languages
+    def __init__(self, manifest: dict, root: str, languages: list[str]):
+        entry = manifest.get("parallel")
+        if not entry:
+            raise DataError(f"data.parallel: {root}/manifest.json has no translation pairs: shard with "
+                            f"input.parallel set (data_prep.parallel), or set data.parallel: false")
+        self.items: list[tuple[np.ndarray, list[tuple[str, np.ndarray]]]] = []
+        self.unused = 0  # items with no translation into the training languages
         allowed = set(languages) - {"en"}
-        try:
-            with open(Path(path).expanduser(), encoding="utf-8") as f:
-                for n, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                        trs = sorted((k, v) for k, v in row["translations"].items() if k in allowed and v)
-                        en = row["en"]
-                    except (ValueError, KeyError, AttributeError, TypeError) as e:
-                        raise DataError(f"data.parallel: {path}:{n}: not a {{\"en\", \"translations\"}} "
-                                        f"row ({type(e).__name__}: {e})") from None
-                    if trs and en:
-                        self.items.append((en, trs))
-                    else:
-                        self.unused += 1
-        except OSError as e:
-            raise DataError(f"data.parallel: cannot read {path}: {e}") from None
+        for shard in entry["shards"]:
+            path = str(Path(root) / shard["path"])
+            n = 0
+            for key, fields in read_tar(path):
+                n += 1
+                trs = sorted((f.split(".", 1)[0], np.load(io.BytesIO(b))) for f, b in fields.items()
+                             if f.endswith(".input_ids.npy") and f.split(".", 1)[0] in allowed)
+                if "en.input_ids.npy" not in fields:
+                    raise DataError(f"data.parallel: {path}: sample {key} has no English side")
+                if trs:
+                    self.items.append((np.load(io.BytesIO(fields["en.input_ids.npy"])), trs))
+                else:
+                    self.unused += 1
+            if n != shard["samples"]:
+                raise DataError(f"data.parallel: {path} holds {n} items, the manifest says {shard['samples']}")
         if not self.items:
-            raise DataError(f"data.parallel: {path} has no pairs into the training languages {sorted(allowed)}")
-        self.prefix = manifest.get("packing", {}).get("prefix", "")
-        self.seq_len = manifest["seq_len"]
-        self._tok = None
-
-    def _ids(self, text: str) -> np.ndarray:
-        if self._tok is None:  # loaded lazily: once per DataLoader worker
-            from data_prep.tokenizer import load_tokenizer
-            self._tok = load_tokenizer(self.manifest["tokenizer"]["name"])
-        ids = self._tok(self.prefix + text)["input_ids"]
-        if len(ids) > self.seq_len:
-            ids = ids[:self.seq_len - 1] + ids[-1:]  # keep the end token
-        return np.asarray(ids, dtype=np.int64)
+            raise DataError(f"data.parallel: no pairs into the training languages {sorted(allowed)} in {root}")
 
     def draw(self, rng: random.Random, pairs: int) -> list[tuple[np.ndarray, str, np.ndarray]]:
         """`pairs` × (English ids, language, translation ids)."""
         out = []
         for _ in range(pairs):
             en, trs = self.items[rng.randrange(len(self.items))]
-            lang, text = rng.choice(trs)
-            out.append((self._ids(en), lang, self._ids(text)))
+            lang, ids = rng.choice(trs)
+            out.append((en, lang, ids))
         return out
 
 
@@ -137,7 +141,7 @@ class MixedStream(IterableDataset):
             if "en" not in self.languages:
                 raise DataError("data.parallel: the shards must include English ('en') among the "
                                 f"training languages (have {self.languages})")
-            self.parallel = ParallelPairs(cfg.parallel, self.languages, manifest)
+            self.parallel = ParallelPairs(manifest, cfg.shards, self.languages)
 
     def _lang_iter(self, lang: str, plan: StreamPlan, sid: int) -> Iterator[np.ndarray]:
         epoch = 0

@@ -4,7 +4,8 @@ Also under `torchrun --nproc_per_node N -m trainer.distill ...` and
 `deepspeed --num_gpus N -m trainer.distill ...`. Re-running the same command resumes from the
 run's latest checkpoint. Exit codes: 0 done, 2 bad config/data, 75 checkpointed after
 SIGUSR1/SIGTERM (requeue and run again to resume), 3 aborted after run.max_bad_steps
-consecutive non-finite losses.
+consecutive non-finite losses, 4 checkpointed and stopped because the live held-out retrieval
+stayed below its step-0 value (eval.stop_on_drop).
 """
 from __future__ import annotations
 

@@ -11,10 +11,17 @@ import argparse
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import torch
 from torch import nn
+
+
+def _log(msg: str, t0: float | None = None) -> None:
+    """A plain stage line (export is a few long steps, not a loop: no bar, terminal or not)."""
+    took = f" ({time.perf_counter() - t0:.1f} s)" if t0 is not None else ""
+    print(f"[export] {msg}{took}", file=sys.stderr, flush=True)
 
 
 def _save(student_state: dict, config_dir: Path | None, model: nn.Module | None, tokenizer: str,
@@ -31,6 +38,9 @@ def _save(student_state: dict, config_dir: Path | None, model: nn.Module | None,
         if missing or unexpected:
             raise RuntimeError(f"checkpoint does not fit the student: missing {missing[:5]}, "
                                f"unexpected {unexpected[:5]}")
+    t0 = time.perf_counter()
+    n = sum(v.numel() for v in student_state.values())
+    _log(f"writing {out} ({n / 1e6:.1f}M parameters, {len(student_state)} tensors)")
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, state_dict=student_state, safe_serialization=False)
@@ -43,6 +53,7 @@ def _save(student_state: dict, config_dir: Path | None, model: nn.Module | None,
                 shutil.copy(f, tmp / f.name)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
+    _log(f"wrote {out}", t0)
 
 
 def export_live(engine, student: nn.Module, tokenizer: str, out: Path, rank: int, zero_stage: int) -> None:
@@ -70,7 +81,10 @@ def export_checkpoint(path: Path, out: Path) -> Path:
         ckpt_root, tag = path.parent, path.name
         run_dir = ckpt_root.parent
     info = json.loads((run_dir / "run_info.json").read_text())
+    t0 = time.perf_counter()
+    _log(f"consolidating ZeRO checkpoint {ckpt_root / tag}")
     state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_root), tag=tag)
+    _log(f"consolidated {len(state)} tensors", t0)
     student = {k[len("student."):]: v for k, v in state.items() if k.startswith("student.")}
     _save(student, run_dir / "student_config", None, info["tokenizer"], Path(out))
     return Path(out)

@@ -12,6 +12,7 @@ from torch import nn
 
 import kernels
 from configs import LossConfig
+from evaluation.pooling import mean_pool  # the pooling evaluation scores
 
 from .models import ModelError, encoder_of
 
@@ -43,12 +44,6 @@ def mlm_head(model: nn.Module):
         return transform, head.decoder.weight, head.bias
     raise ModelError(f"{type(model).__name__} has no MLM head: loss.logit_weight needs "
                      f"*ForMaskedLM teacher and student")
-
-
-def mean_pool(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Masked mean over tokens in fp32: [B, L, d] → [B, d] (padding never counts)."""
-    m = mask.unsqueeze(-1).float()
-    return (h.float() * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
 def relation_loss(ps: torch.Tensor, pt: torch.Tensor, kind: str, temperature: float) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Metrics on rank 0: TensorBoard scalars, a console line every log_interval, a progress bar."""
+"""Metrics on rank 0: TensorBoard scalars, a console line every log_interval, a progress bar,
+and the live evaluation's scalars and alarm."""
 from __future__ import annotations
 
 import resource
@@ -7,7 +8,6 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-
 
 
 class Metrics:
@@ -60,8 +60,41 @@ class Metrics:
                 " | ".join(f"{k.split('/')[1]} {v:.5f}" for k, v in out.items()
                            if k.startswith("loss/") and k != "loss/total") +
                 f" | lr {out['lr']:.2e} | gnorm {out['grad_norm']:.3f} | {tps:,.0f} tok/s")
-        (self.bar.write if self.bar is not None else print)(line)
+        self._print(line)
         self._window = {"tokens": 0, "samples": 0, "time": 0.0, "steps": 0}
+        self.writer.flush()
+
+    def _print(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line)  # above the bar, not through it
+        else:
+            print(line, flush=True)
+
+    def evaluation(self, step: int, res: dict, guard, alarm: bool, seconds: float) -> None:
+        """Live retrieval (evaluation.retrieval's dict) → `eval/retrieval/<lang>`, `.../mean`,
+        `eval/retrieval/drop` (step-0 value − now), `eval/alarm`, `eval/seconds`."""
+        if self.rank != 0:
+            return
+        mean = res["mean"]["mean"]
+        for lang, r in res.items():
+            self.writer.add_scalar(f"eval/retrieval/{lang}", r["mean"], step)
+        drop = guard.baseline - mean if guard.baseline is not None else 0.0
+        self.writer.add_scalar("eval/retrieval/drop", drop, step)
+        self.writer.add_scalar("eval/alarm", float(alarm), step)
+        self.writer.add_scalar("eval/seconds", seconds, step)
+        worst = sorted((r["mean"], k) for k, r in res.items() if k != "mean")[:3]
+        self._print(f"[eval] step {step:>7} | retrieval {mean:.4f} (step 0: {guard.baseline:.4f}, "
+                    f"{mean - guard.baseline:+.4f}) | lowest " + ", ".join(f"{k} {v:.3f}" for v, k in worst)
+                    + f" | {len(res) - 1} languages, {seconds:.1f} s")
+        if alarm:
+            msg = (f"ALARM at step {step}: held-out retrieval {mean:.4f} is {drop:.4f} below its step-0 "
+                   f"value {guard.baseline:.4f} (more than eval.max_drop={guard.max_drop}) for "
+                   f"{guard.below} evaluations in a row. The loss may still be falling: this recipe is "
+                   f"losing the teacher's cross-lingual ability (see FINDINGS). Consider a lower lr, "
+                   f"sentence-level relation losses, or eval.stop_on_drop: true.")
+            bar = "!" * 100
+            self._print(f"{bar}\n{msg}\n{bar}")
+            self.writer.add_text("eval/alarm", msg, step)
         self.writer.flush()
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ BertModel, XLM-RoBERTa, multilingual-E5, their *ForMaskedLM wrappers, ...
 from __future__ import annotations
 
 import copy
+import os
 
 import torch
 from torch import nn
@@ -120,6 +121,13 @@ def non_embedding_params(model: nn.Module) -> int:
     """Parameters outside the embedding layer: the N of the 2·N / 6·N FLOPs-per-token counts."""
     emb = sum(p.numel() for p in encoder_of(model).embeddings.parameters())
     return sum(p.numel() for p in model.parameters()) - emb
+
+
+def flops_per_token(teacher: nn.Module, student: nn.Module) -> tuple[float, float]:
+    """(training FLOPs per token, device peak FLOP/s) for MFU on GPU: 2·N per token for the
+    teacher's forward + 6·N for the student's forward and backward (embeddings excluded)."""
+    peak = float(os.environ.get("LIGHTMBERT_PEAK_TFLOPS", 989)) * 1e12  # H100 SXM dense bf16
+    return 2 * non_embedding_params(teacher) + 6 * non_embedding_params(student), peak
 
 
 def _fp32(sd: dict) -> dict:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import WORDS, make_tokenizer, random_documents, write_text
+from data_prep.synthetic import WORDS, make_tokenizer, random_documents, write_text
 from tests.slurm.cluster import Cluster, SlurmUnavailable
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""python -m trainer.demo_report --teacher DIR --student DIR --pairs heldout.jsonl --out DIR
+"""python -m demo.report --teacher DIR --student DIR --pairs heldout.jsonl --out DIR
 
 The demo's evaluation: the teacher, the student BEFORE distillation (the teacher truncated
 to the student's bottom layers) and the student AFTER, on the same held-out pairs —
@@ -13,8 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from .evaluate import (default_device, format_table, load_encoder, load_pairs, load_topic_items, retrieval, transfer,
-                       write_tables)
+from evaluation import (default_device, format_table, load_encoder, load_pairs, load_topic_items, retrieval,
+                        transfer, write_tables)
 
 XNLI_OTHER = "ar bg de el es fr hi ru sw th tr ur vi zh".split()
 
@@ -39,7 +39,7 @@ def plot(results: dict[str, dict], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m trainer.demo_report", description=__doc__.split("\n\n")[1])
+    ap = argparse.ArgumentParser(prog="python -m demo.report", description=__doc__.split("\n\n")[1])
     ap.add_argument("--teacher", required=True)
     ap.add_argument("--student", required=True, help="the exported student (HF directory)")
     ap.add_argument("--pairs", required=True)
@@ -60,14 +60,15 @@ def main(argv: list[str] | None = None) -> int:
     model, tok = load_encoder(args.teacher, dev)
     last = model.config.num_hidden_layers
     both = (last, n_layers)
-    r = retrieval(model, tok, pairs, args.prefix, layers=both)
-    t = transfer(model, tok, items, args.prefix, layers=both)
+    r = retrieval(model, tok, pairs, args.prefix, layers=both, progress=True, desc="retrieval teacher + before")
+    t = transfer(model, tok, items, args.prefix, layers=both, progress=True, desc="transfer teacher + before")
     ret["teacher"], ret[before], tra["teacher"], tra[before] = r[last], r[n_layers], t[last], t[n_layers]
     secs["teacher + before"] = round(time.time() - t0, 1)
     del model
     t0 = time.time()
     model, tok = load_encoder(args.student, dev)
-    ret[after], tra[after] = retrieval(model, tok, pairs, args.prefix), transfer(model, tok, items, args.prefix)
+    ret[after] = retrieval(model, tok, pairs, args.prefix, progress=True, desc="retrieval after")
+    tra[after] = transfer(model, tok, items, args.prefix, progress=True, desc="transfer after")
     secs[after] = round(time.time() - t0, 1)
     args.out.mkdir(parents=True, exist_ok=True)
     write_tables(ret, args.out)

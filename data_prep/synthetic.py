@@ -1,6 +1,7 @@
-"""Small fixtures shared by the tests: a tiny WordPiece tokenizer and a multilingual corpus.
+"""Synthetic inputs for tests, benchmarks and smoke runs: a tiny WordPiece tokenizer and a
+four-language random corpus (en, de, ru, el), both made here — nothing is downloaded.
 
-Nothing here downloads anything.
+Shared by tests/ and benchmarks/ (benchmarks import no test code).
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import PrepError
+from . import DemoError
 
 F32, Q4_0 = 0, 1
 QK = 32
@@ -26,7 +26,7 @@ QK = 32
 def _dequant_q4_0(buf: bytes, n: int) -> np.ndarray:
     blocks = np.frombuffer(buf, dtype=np.uint8).reshape(-1, 18)
     if blocks.shape[0] * QK != n:
-        raise PrepError(f"Q4_0 tensor: {blocks.shape[0]} blocks for {n} weights")
+        raise DemoError(f"Q4_0 tensor: {blocks.shape[0]} blocks for {n} weights")
     d = blocks[:, :2].copy().view(np.float16).astype(np.float32)       # [nb, 1]
     qs = blocks[:, 2:]
     q = np.concatenate([qs & 0x0F, qs >> 4], axis=1).astype(np.float32) - 8.0  # [nb, 32]
@@ -37,14 +37,14 @@ def read_e5s1(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
     """(header, name → float32 array) of an E5S1 file."""
     b = Path(path).read_bytes()
     if b[:4] != b"E5S1":
-        raise PrepError(f"{path}: not an E5S1 model file (magic {b[:4]!r})")
+        raise DemoError(f"{path}: not an E5S1 model file (magic {b[:4]!r})")
     p = 8
     H, NL, NH, FF, VOC, MAXP, TVS = struct.unpack_from("<7i", b, p)
     p += 28
     eps, qk = struct.unpack_from("<fi", b, p)
     p += 8
     if qk != QK:
-        raise PrepError(f"{path}: quant block {qk}, expected {QK}")
+        raise DemoError(f"{path}: quant block {qk}, expected {QK}")
     n_pieces, bos, eos, pad, unk = struct.unpack_from("<5i", b, p)
     p += 20
     (blob_len,) = struct.unpack_from("<Q", b, p)
@@ -67,7 +67,7 @@ def read_e5s1(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
         elif dtype == Q4_0:
             tensors[name] = _dequant_q4_0(raw, n)
         else:
-            raise PrepError(f"{path}: tensor {name} has unknown dtype {dtype}")
+            raise DemoError(f"{path}: tensor {name} has unknown dtype {dtype}")
     header = dict(hidden=H, layers=NL, heads=NH, ffn=FF, vocab=VOC, max_pos=MAXP,
                   type_vocab=TVS, eps=eps, n_pieces=n_pieces, bos=bos, eos=eos, pad=pad, unk=unk)
     return header, tensors
@@ -116,7 +116,7 @@ def convert(model_file: str | Path, tokenizer_json: str | Path, out_dir: str | P
     missing, unexpected = model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()},
                                                 strict=False)
     if missing or unexpected:
-        raise PrepError(f"{model_file}: state dict mismatch (missing {missing}, unexpected {unexpected})")
+        raise DemoError(f"{model_file}: state dict mismatch (missing {missing}, unexpected {unexpected})")
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -126,7 +126,7 @@ def convert(model_file: str | Path, tokenizer_json: str | Path, out_dir: str | P
                                   pad_token="<pad>", mask_token="<mask>", model_max_length=h["max_pos"])
     for tok_name, want in (("<s>", h["bos"]), ("</s>", h["eos"]), ("<pad>", h["pad"]), ("<unk>", h["unk"])):
         if tok.convert_tokens_to_ids(tok_name) != want:
-            raise PrepError(f"{tokenizer_json}: {tok_name} has id {tok.convert_tokens_to_ids(tok_name)}, "
+            raise DemoError(f"{tokenizer_json}: {tok_name} has id {tok.convert_tokens_to_ids(tok_name)}, "
                             f"the model file says {want}")
     tok.save_pretrained(tmp)
     shutil.rmtree(out_dir, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""python -m benchmarks.sweep_demo --sweep configs/sweep/demo.yaml [--only a,b] [--out runs/sweep]
+"""python -m demo.sweep --sweep configs/sweep/demo.yaml [--only a,b] [--out runs/sweep]
 
 Quality sweep for the demo: one short distillation per variant (a named list of config
 overrides on top of the sweep's base config), then held-out cross-lingual retrieval of each
@@ -22,14 +22,14 @@ import sys
 import time
 from pathlib import Path
 
-from .report import report
+from benchmarks.report import report
 
 
 def load_sweep(path: Path) -> dict:
     import yaml
 
     from configs.loader import expand_env
-    from trainer.demo_report import XNLI_OTHER
+    from .report import XNLI_OTHER
     spec = yaml.safe_load(path.read_text())
     for key in ("base", "variants"):
         if key not in spec:
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from trainer.evaluate import default_device, load_encoder, load_pairs, retrieval
+    from evaluation import default_device, load_encoder, load_pairs, retrieval
 
     dev = default_device()
     pairs = load_pairs(spec["pairs"], spec["languages"], spec["max_per_language"])
@@ -72,7 +72,8 @@ def main(argv=None) -> int:
     n_layers = base_cfg.student.num_layers
     model, tok = load_encoder(teacher_dir, dev)  # one pass: the teacher and its truncation
     last = model.config.num_hidden_layers
-    res = retrieval(model, tok, pairs, spec["prefix"], layers=(last, n_layers))
+    res = retrieval(model, tok, pairs, spec["prefix"], layers=(last, n_layers), progress=True,
+                    desc="retrieval teacher + before")
     ref = {"teacher": res[last]["mean"]["mean"], "before": res[n_layers]["mean"]["mean"]}
     del model
     print(f"teacher {ref['teacher']:.4f}  before {ref['before']:.4f}  goal {0.97 * ref['teacher']:.4f}",
@@ -95,7 +96,7 @@ def main(argv=None) -> int:
             continue
         l0, l1 = first_last_loss(run_dir)
         model, tok = load_encoder(str(run_dir / "student"), dev)
-        res = retrieval(model, tok, pairs, spec["prefix"])
+        res = retrieval(model, tok, pairs, spec["prefix"], progress=True, desc=f"retrieval {name}")
         del model
         per_lang[name] = {k: v["mean"] for k, v in res.items()}
         acc = res["mean"]["mean"]
