@@ -11,7 +11,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 STAMP  := $(VENV)/.lightmbert-setup
 export LIGHTMBERT_CACHE ?= $(HOME)/.cache/lightmbert
 
-.PHONY: setup demo demo-assets test test-fast bench clean
+.PHONY: setup demo demo-assets test test-fast bench gpu-check gpu-wheels clean
 
 setup: $(STAMP)
 
@@ -23,7 +23,7 @@ $(STAMP): setup.py Makefile
 	$(PIP) install -q "setuptools>=68" wheel
 	$(PIP) install -q "$(TORCH)"
 	DS_BUILD_OPS=0 $(PIP) install -q --no-build-isolation "deepspeed>=0.15"
-	$(PIP) install -q -e ".[dev,triton,demo]"
+	$(PIP) install -q -e ".[dev,triton,demo,bench]"
 	touch $@
 
 demo-assets: setup
@@ -53,5 +53,23 @@ test-fast: setup
 bench: setup
 	$(PY) -m benchmarks.bench_data_prep
 
+# The GPU proof (kernel tests on CUDA, bench_kernels bf16, bench_step --size mbert) → runs/gpu-check/.
+# No `setup` dependency: on a GPU image it runs under the python that has the CUDA torch (a CPU
+# torch must not be installed there); packages the image lacks come from .whl/ (make gpu-wheels).
+# Without CUDA it says why and exits 0.
+GPU_PY ?= $(shell test -x $(PY) && echo $(PY) || echo python3)
+gpu-check:
+	$(GPU_PY) -m benchmarks.gpu_check $(GPU_CHECK_ARGS)
+
+# Wheels for a GPU machine without network (Python 3.12 manylinux image): what it lacks to run
+# gpu-check. deepspeed ships as an sdist only: built here into a pure-Python wheel.
+GPU_WHEELS := webdataset braceexpand hjson pydantic pydantic-core annotated-types typing-inspection liger-kernel
+gpu-wheels: setup
+	mkdir -p .whl
+	$(PIP) download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  -d .whl $(GPU_WHEELS)
+	DS_BUILD_OPS=0 $(PIP) wheel -q --no-deps --no-build-isolation -w .whl "deepspeed>=0.15"
+
 clean:
-	rm -rf runs build *.egg-info
+	rm -rf runs build *.egg-info .whl

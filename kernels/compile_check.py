@@ -49,7 +49,7 @@ def cases():
         for is_map in (False, True):
             for grad in (False, True):
                 out.append((f"elementwise._sqdiff_kernel {dt} map={is_map} grad={grad}", E._sqdiff_kernel,
-                            {"S": dt, "T": dt, "G": dt, "M": "fp32", "PART": "fp32", "INV": "fp32"}, set(),
+                            {"S": dt, "T": dt, "G": dt, "M": "fp32", "PART": "fp32"}, set(),
                             {"MAP": is_map, "WITH_GRAD": grad, "BLOCK_R": 16, "BLOCK_C": 256}))
         out.append((f"linear_kl._kl_rows {dt}", K._kl_rows, {"ZS": dt, "ZT": dt, "LOSS": "fp32"},
                     floats, {"BLOCK_V": 4096}))

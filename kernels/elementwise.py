@@ -3,9 +3,12 @@
 One kernel serves both. Rows are B·L tokens × d features (hidden) or B·H·L queries × L keys
 (maps); a row's weight is its token's mask, and for maps each column is weighted by the
 key's mask as well. Each program reduces BLOCK_R rows to a partial sum (no atomics →
-deterministic) and, when the student needs gradients, writes 2·(s − t)·valid/denom in the
-same pass (Liger's pattern: the backward is then a scale by grad_output, not a second read
-of both inputs). Memory-bound: each input is read once, the gradient written once.
+deterministic) and, when the student needs gradients, writes the *unscaled* 2·(s − t)·valid
+in the same pass (Liger's pattern: the backward is then a scale, not a second read of both
+inputs). The scale grad_output/denom is applied in the backward in fp32 and the product cast
+once: in fp16, an already scaled gradient (~1e-7 at mBERT shapes) would flush to zero, and
+DeepSpeed's loss scale (65536) would overflow the cast. Memory-bound: each input is read once,
+the gradient written once.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import triton.language as tl
 
 
 @triton.jit
-def _sqdiff_kernel(S, T, M, PART, G, INV, R, C, rows_per_b, L,
+def _sqdiff_kernel(S, T, M, PART, G, R, C, rows_per_b, L,
                    MAP: tl.constexpr, WITH_GRAD: tl.constexpr,
                    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     pid = tl.program_id(0)
@@ -27,7 +30,6 @@ def _sqdiff_kernel(S, T, M, PART, G, INV, R, C, rows_per_b, L,
     else:    # row = token (b, l)
         mrow = tl.load(M + rows, mask=rmask, other=0.0)
     acc = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
-    two_inv = 2.0 * tl.load(INV)  # 1/denom, read on the device: no host sync
     for start in range(0, C, BLOCK_C):
         cols = start + tl.arange(0, BLOCK_C)
         inb = rmask[:, None] & (cols[None, :] < C)
@@ -40,7 +42,7 @@ def _sqdiff_kernel(S, T, M, PART, G, INV, R, C, rows_per_b, L,
         d = (s - t) * w
         acc += d * d
         if WITH_GRAD:
-            tl.store(G + offs, (two_inv * d).to(G.dtype.element_ty), mask=inb)
+            tl.store(G + offs, (2.0 * d).to(G.dtype.element_ty), mask=inb)
     tl.store(PART + pid, tl.sum(tl.sum(acc, axis=1), axis=0))
 
 
@@ -65,17 +67,17 @@ class _MaskedSqDiff(torch.autograd.Function):
         part = torch.empty(grid[0], device=s.device, dtype=torch.float32)
         need = ctx.needs_input_grad[0]
         g = torch.empty_like(s) if need else part
-        inv = (1.0 / denom).reshape(1)
-        _sqdiff_kernel[grid](s, t, mf, part, g, inv, R, C, rows_per_b, L,
+        _sqdiff_kernel[grid](s, t, mf, part, g, R, C, rows_per_b, L,
                              MAP=is_map, WITH_GRAD=need, BLOCK_R=BLOCK_R, BLOCK_C=BLOCK_C)
         if need:
-            ctx.save_for_backward(g)
+            ctx.save_for_backward(g, denom)
         return part.sum() / denom
 
     @staticmethod
     def backward(ctx, go):
-        (g,) = ctx.saved_tensors
-        return g * go.to(g.dtype), None, None, None
+        g, denom = ctx.saved_tensors
+        # the scale in fp32 (no host sync: denom stays on the device), one cast at the end
+        return (g.float() * (go.float() / denom)).to(g.dtype), None, None, None
 
 
 def hidden_mse(s_h, t_h, mask):

@@ -5,9 +5,13 @@
 Rows are processed in chunks sized so that one chunk's logits stay within a fixed budget:
 per chunk, two matmuls (cuBLAS) make the student's and teacher's logits; `_kl_rows` makes
 two passes over each row (online max/sum for both models, then KL and the gradient) and
-writes ∂loss/∂z_s over the student's logits in place; two more matmuls turn that into the
-gradients of h, W and b, which are kept (Liger's fused-linear pattern: the whole backward is
-done in the forward, and backward() only scales by grad_output).
+writes T·(p_s − p_t) — ∂loss/∂z_s without its 1/N, values of order 1 that fp16 holds — over
+the student's logits in place; matmuls turn that into the gradients of h, W and b, scaled by
+1/N in fp32 and kept in fp32 (Liger's fused-linear pattern: the whole backward is done in the
+forward, and backward() only multiplies by grad_output, in fp32, and casts once — a gradient
+scaled before the cast flushes to zero in fp16, and DeepSpeed's loss scale 65536 overflows
+it). Only the inputs that need a gradient get one: a frozen decoder weight tied to frozen
+embeddings (LightMBERT's default) costs no [V, d] gradient and a quarter fewer GEMM FLOPs.
 """
 from __future__ import annotations
 
@@ -25,8 +29,9 @@ def _kl_rows(ZS, ZT, LOSS, stride_s, stride_t, V, inv_t, grad_scale, BLOCK_V: tl
     m_s, l_s, m_t, l_t = -1.0e30, 0.0, -1.0e30, 0.0  # finite −∞: no inf − inf
     for start in range(0, V, BLOCK_V):        # pass 1: both log-sum-exps, online
         cols = start + tl.arange(0, BLOCK_V)
-        s = tl.load(zs_row + cols, mask=cols < V, other=-1.0e30).to(tl.float32) * inv_t
-        t = tl.load(zt_row + cols, mask=cols < V, other=-1.0e30).to(tl.float32) * inv_t
+        inb = cols < V  # padding lanes: −1e30 in fp32 (as an fp16 load default it would be −inf)
+        s = tl.where(inb, tl.load(zs_row + cols, mask=inb, other=0.0).to(tl.float32) * inv_t, -1.0e30)
+        t = tl.where(inb, tl.load(zt_row + cols, mask=inb, other=0.0).to(tl.float32) * inv_t, -1.0e30)
         new_s = tl.maximum(m_s, tl.max(s, axis=0))
         new_t = tl.maximum(m_t, tl.max(t, axis=0))
         l_s = l_s * tl.exp(m_s - new_s) + tl.sum(tl.exp(s - new_s), axis=0)
@@ -35,7 +40,7 @@ def _kl_rows(ZS, ZT, LOSS, stride_s, stride_t, V, inv_t, grad_scale, BLOCK_V: tl
     lse_s = m_s + tl.log(l_s)
     lse_t = m_t + tl.log(l_t)
     kl = 0.0
-    for start in range(0, V, BLOCK_V):        # pass 2: KL and ∂/∂z_s = T(p_s − p_t)/N
+    for start in range(0, V, BLOCK_V):        # pass 2: KL and grad_scale·(p_s − p_t)
         cols = start + tl.arange(0, BLOCK_V)
         inb = cols < V
         s = tl.load(zs_row + cols, mask=inb, other=0.0).to(tl.float32) * inv_t - lse_s
@@ -55,39 +60,49 @@ class _FusedLinearKL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, s_h, s_w, s_b, t_h, t_w, t_b, temperature: float):
         n, V = s_h.shape[0], s_w.shape[0]
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_b = s_b is not None and ctx.needs_input_grad[2]
         step = chunk_rows(n, V)
-        g_h = torch.empty_like(s_h)
-        g_w = torch.zeros(s_w.shape, device=s_w.device, dtype=torch.float32)
-        g_b = torch.zeros(V, device=s_w.device, dtype=torch.float32) if s_b is not None else None
-        kl = torch.empty(n, device=s_h.device, dtype=torch.float32)
-        # d(T²·mean KL)/dz_s = T²·(p_s − p_t)/(T·n)
-        grad_scale = temperature / max(n, 1)
+        f32 = dict(device=s_h.device, dtype=torch.float32)
+        g_h = torch.empty(s_h.shape, **f32) if need_h else None
+        g_w = torch.zeros(s_w.shape, **f32) if need_w else None
+        g_b = torch.zeros(V, **f32) if need_b else None
+        kl = torch.empty(n, **f32)
+        inv_n = 1.0 / max(n, 1)  # d(T²·mean KL)/dz_s = T·(p_s − p_t)/n: the kernel writes T·(p_s − p_t)
         block_v = min(triton.next_power_of_2(V), 1024 if not s_h.is_cuda else 4096)
         for a in range(0, n, step):
             hs, ht = s_h[a:a + step], t_h[a:a + step]
             z_s = torch.nn.functional.linear(hs, s_w, s_b).contiguous()
             z_t = torch.nn.functional.linear(ht, t_w, t_b).contiguous()
             _kl_rows[(hs.shape[0],)](z_s, z_t, kl[a:a + step], z_s.stride(0), z_t.stride(0), V,
-                                     1.0 / temperature, grad_scale, BLOCK_V=block_v)
-            g_h[a:a + step] = z_s @ s_w          # z_s now holds ∂loss/∂z_s
-            g_w += (z_s.t() @ hs).float()
-            if g_b is not None:
-                g_b += z_s.float().sum(0)
-        ctx.save_for_backward(g_h, g_w, g_b if g_b is not None else g_w)
-        ctx.has_bias, ctx.w_dtype = s_b is not None, s_w.dtype
-        return temperature ** 2 * kl.sum() / max(n, 1)
+                                     1.0 / temperature, float(temperature), BLOCK_V=block_v)
+            if need_h:
+                g_h[a:a + step] = (z_s @ s_w).float() * inv_n   # z_s now holds T·(p_s − p_t)
+            if need_w:
+                g_w += (z_s.t() @ hs).float() * inv_n
+            if need_b:
+                g_b += z_s.float().sum(0) * inv_n
+        ctx.save_for_backward(*(g for g in (g_h, g_w, g_b) if g is not None))
+        ctx.needs = (need_h, need_w, need_b)
+        ctx.dtypes = (s_h.dtype, s_w.dtype)
+        return temperature ** 2 * kl.sum() * inv_n
 
     @staticmethod
     def backward(ctx, go):
-        g_h, g_w, g_b = ctx.saved_tensors
-        return (g_h * go.to(g_h.dtype), (g_w * go).to(ctx.w_dtype),
-                (g_b * go).to(ctx.w_dtype) if ctx.has_bias else None, None, None, None, None)
+        saved = iter(ctx.saved_tensors)
+        h_dtype, w_dtype = ctx.dtypes
+        go = go.float()
+        grads = [(next(saved) * go).to(dt) if need else None
+                 for need, dt in zip(ctx.needs, (h_dtype, w_dtype, w_dtype))]
+        return (*grads, None, None, None, None)
 
 
 def fused_linear_kl(s_h, s_w, t_h, t_w, s_b=None, t_b=None, temperature: float = 2.0, mask=None):
+    """Rows are tokens: s_h [..., d_s], t_h [..., d_t] (any leading dims, flattened)."""
+    s_h, t_h = s_h.reshape(-1, s_h.shape[-1]), t_h.reshape(-1, t_h.shape[-1])
     if mask is not None:
         keep = mask.reshape(-1).bool()
-        s_h, t_h = s_h.reshape(-1, s_h.shape[-1])[keep], t_h.reshape(-1, t_h.shape[-1])[keep]
+        s_h, t_h = s_h[keep], t_h[keep]
     if s_h.shape[0] == 0:
         return s_h.sum() * 0.0
     with torch.no_grad():

@@ -38,10 +38,13 @@ def test_score_and_hidden_mse_against_loops():
                         ss = sum(sq[b, h, i, x] * sk[b, h, j, x] for x in range(D)) / math.sqrt(D)
                         st = sum(tq[b, h, i, x] * tk[b, h, j, x] for x in range(7)) / math.sqrt(7)
                         num += float(ss - st) ** 2
-    assert R.attention_score_mse(sq, sk, tq, tk, m).item() == pytest.approx(num / (H * n2), rel=1e-6)
-    sh, th = torch.randn(B, L, d, generator=g), torch.randn(B, L, d, generator=g)
+    # the oracle computes in the dtype it is given: float64 in, float64 out, to float64 precision
+    got = R.attention_score_mse(sq, sk, tq, tk, m)
+    assert got.dtype == torch.float64 and got.item() == pytest.approx(num / (H * n2), rel=1e-12)
+    sh, th = (torch.randn(B, L, d, generator=g, dtype=torch.float64) for _ in range(2))
     want = sum(((sh[b, i] - th[b, i]) ** 2).sum().item() for b in range(B) for i in range(L) if m[b, i])
-    assert R.hidden_mse(sh, th, m).item() == pytest.approx(want / (m.sum().item() * d), rel=1e-5)
+    got = R.hidden_mse(sh, th, m)
+    assert got.dtype == torch.float64 and got.item() == pytest.approx(want / (m.sum().item() * d), rel=1e-12)
 
 
 def _bert(seed, H=4, hidden=32, layers=1):
@@ -100,6 +103,11 @@ def test_fused_linear_kl_against_kl_div():
                        reduction="none").sum(-1)
     want = T * T * per_row[m.bool()].mean()
     assert R.fused_linear_kl(sh, sw, th, tw, sb, None, T, m).item() == pytest.approx(want.item(), rel=1e-5)
+    d64 = [x.double() for x in (sh, sw, th, tw, sb)]
+    got = R.fused_linear_kl(d64[0], d64[1], d64[2], d64[3], d64[4], None, T, m)
+    assert got.dtype == torch.float64 and got.item() == pytest.approx(want.item(), rel=1e-6)
+    # bf16 in: computed in fp32 (a CPU fallback must not sum V-wide in bf16)
+    assert R.fused_linear_kl(*(x.bfloat16() for x in (sh, sw, th, tw)), None, None, T).dtype == torch.float32
 
 
 def test_teacher_gets_no_gradient_and_no_nan_when_all_padded():
@@ -112,3 +120,91 @@ def test_teacher_gets_no_gradient_and_no_nan_when_all_padded():
         out.backward()
         assert out.item() == 0.0 and torch.isfinite(s_q.grad).all()
         assert t_q.grad is None
+
+
+# ---------------------------------------------------------------------------- the public API
+def _qk(*shape):
+    return torch.randn(*shape)
+
+
+@pytest.mark.parametrize("call,error,message", [
+    (lambda k: k.attention_score_mse(_qk(2, 3, 5, 8), _qk(2, 3, 5, 8), _qk(2, 4, 5, 8), _qk(2, 4, 5, 8),
+                                     torch.ones(2, 5, dtype=torch.long)),
+     ValueError, r"t_q: \[B, H, L\] = \(2, 4, 5\) must equal the student's \(2, 3, 5\)"),
+    (lambda k: k.attention_prob_kl(_qk(2, 3, 5, 8), _qk(2, 3, 6, 8), _qk(2, 3, 5, 8), _qk(2, 3, 5, 8),
+                                   torch.ones(2, 5, dtype=torch.long)),
+     ValueError, r"s_k: shape \(2, 3, 6, 8\) differs from s_q's \(2, 3, 5, 8\)"),
+    (lambda k: k.attention_score_mse(_qk(2, 3, 5, 8), _qk(2, 3, 5, 8), _qk(2, 3, 5, 4), _qk(2, 3, 5, 4),
+                                     torch.ones(2, 7, dtype=torch.long)),
+     ValueError, r"mask: shape \(2, 7\) does not match \[B, L\] of s_q = \(2, 5\)"),
+    (lambda k: k.attention_score_mse(_qk(2, 3, 5, 8), _qk(2, 3, 5, 8), _qk(2, 3, 5, 4), _qk(2, 3, 5, 4),
+                                     torch.zeros(2, 5).masked_fill(torch.rand(2, 5) > 0.5, float("-inf"))),
+     TypeError, r"mask: dtype torch.float32 not accepted.*additive"),
+    (lambda k: k.hidden_mse(_qk(2, 5, 8), _qk(2, 5, 8), torch.ones(2, 5)),
+     TypeError, r"mask: dtype torch.float32 not accepted"),
+    (lambda k: k.hidden_mse(_qk(2, 5, 8), _qk(2, 5, 8), torch.full((2, 5), 2)),
+     ValueError, r"mask: integer values must be 0 or 1, got min 2, max 2"),
+    (lambda k: k.hidden_mse(_qk(2, 5, 8), _qk(2, 5, 9), torch.ones(2, 5, dtype=torch.bool)),
+     ValueError, r"t_h: shape \(2, 5, 9\) differs from s_h's \(2, 5, 8\)"),
+    (lambda k: k.hidden_mse(_qk(2, 5, 8), _qk(2, 5, 8).to("meta"), torch.ones(2, 5, dtype=torch.bool)),
+     ValueError, r"t_h is on meta but s_h on cpu"),
+    (lambda k: k.attention_map_mse(_qk(2, 3, 5, 5), _qk(2, 3, 5, 5), torch.ones(2, 4, dtype=torch.long)),
+     ValueError, r"mask: shape \(2, 4\) does not match \[B, L\] of s_attn = \(2, 5\)"),
+    (lambda k: k.fused_linear_kl(_qk(6, 8), _qk(50, 8), _qk(6, 4), _qk(49, 4)),
+     ValueError, r"s_w/t_w: expected \[V, d\] with one V, got \(50, 8\) and \(49, 4\)"),
+    (lambda k: k.fused_linear_kl(_qk(6, 8), _qk(50, 8), _qk(5, 4), _qk(50, 4)),
+     ValueError, r"t_h: rows \(5,\) differ from s_h's \(6,\)"),
+    (lambda k: k.fused_linear_kl(_qk(2, 3, 8), _qk(50, 8), _qk(2, 3, 4), _qk(50, 4), mask=torch.ones(6, dtype=torch.long)),
+     ValueError, r"mask: shape \(6,\) does not match the leading dims of s_h = \(2, 3\)"),
+    (lambda k: k.fused_linear_kl(_qk(6, 8), _qk(50, 8), _qk(6, 4), _qk(50, 4), s_b=_qk(49)),
+     ValueError, r"s_b: expected \[V\] = \(50,\), got \(49,\)"),
+])
+@pytest.mark.parametrize("impl", ["torch", "auto"])
+def test_bad_inputs_are_named_before_any_work(call, error, message, impl):
+    """Mismatched B/H/L, wrong mask shapes, float/additive masks, other devices: an error that
+    names the argument and both shapes — never an out-of-bounds read or impl-dependent result."""
+    import functools
+
+    import kernels
+    api = type("api", (), {n: staticmethod(functools.partial(getattr(kernels, n), impl=impl))
+                           for n in ("attention_score_mse", "attention_prob_kl", "attention_map_mse",
+                                     "hidden_mse", "fused_linear_kl")})
+    with pytest.raises(error, match=message):
+        call(api)
+
+
+def test_bool_and_integer_masks_give_the_same_loss():
+    import kernels
+    g = torch.Generator().manual_seed(4)
+    s, t = torch.randn(3, 6, 5, generator=g), torch.randn(3, 6, 5, generator=g)
+    m = masks(3, 6, g)
+    ref = R.hidden_mse(s, t, m)
+    for mm in (m.bool(), m.long(), m.int(), m.to(torch.uint8)):
+        assert torch.equal(kernels.hidden_mse(s, t, mm, impl="torch"), ref)
+
+
+def test_auto_dispatch_falls_back_with_one_warning(monkeypatch):
+    """On CUDA, `auto` uses Triton only where it can: bf16 needs sm_80+, head dims ≤ 128;
+    otherwise the torch reference with a one-time warning (never an exception)."""
+    import types
+
+    import kernels
+    monkeypatch.setattr(kernels, "triton_available", lambda: True)
+    monkeypatch.setattr(kernels, "_warned", set())
+    cap = [(7, 5)]
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: cap[0])
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    x = types.SimpleNamespace(is_cuda=True, dtype=torch.bfloat16, device="cuda:0")
+    with pytest.warns(RuntimeWarning, match="bf16 needs compute capability 8.0"):
+        assert kernels._use_triton("auto", x) is False
+    with __import__("warnings").catch_warnings():
+        __import__("warnings").simplefilter("error")
+        assert kernels._use_triton("auto", x) is False          # once only
+    x16 = types.SimpleNamespace(is_cuda=True, dtype=torch.float16, device="cuda:0")
+    assert kernels._use_triton("auto", x16) is True             # fp16 works on sm_75
+    cap[0] = (9, 0)
+    assert kernels._use_triton("auto", x) is True
+    with pytest.warns(RuntimeWarning, match="head dim 256 > 128"):
+        assert kernels._use_triton("auto", x, (64, 256)) is False
+    with pytest.raises(ValueError, match="head dim 256 > 128 is not supported"):
+        kernels._use_triton("triton", x, (256,))
