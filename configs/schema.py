@@ -245,8 +245,9 @@ class LossConfig:
     attention_temperature: float = 1.0
     """Temperature of prob_kl."""
     layer_map: Literal["uniform", "last"] | list[list[int]] = "uniform"
-    """uniform: student layer i ↔ teacher layer (i+1)·L_t/L_s (1-based, 0 = embeddings);
-    last: only the last layers; or explicit [[student, teacher], ...] pairs (1-based)."""
+    """uniform: student layer i ↔ teacher layer i·L_t/L_s (1-based, 0 = embeddings; 6 of 12:
+    1↔2, 2↔4, …, 6↔12); last: only the last layers; or explicit [[student, teacher], ...]
+    pairs (1-based)."""
     embedding_weight: float = 0.0
     """Weight of embeddings ↔ embeddings hidden MSE (0 with frozen, identical embeddings)."""
     pooled_weight: float = 0.0
@@ -356,12 +357,17 @@ class EngineConfig:
     """Micro steps per optimizer step."""
     offload_optimizer: bool = False
     """ZeRO-Offload of optimizer states to CPU (stages 1–3)."""
+    param_persistence_threshold: int | None = None
+    """ZeRO-3: parameters with fewer elements than this stay whole on every rank (DeepSpeed's
+    stage3_param_persistence_threshold; None: its default, 1e5). 0 partitions every tensor."""
 
     def __post_init__(self) -> None:
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"zero_stage: must be 0, 1, 2 or 3, got {self.zero_stage}")
         if self.grad_accum < 1:
             raise ValueError(f"grad_accum: must be >= 1, got {self.grad_accum}")
+        if self.param_persistence_threshold is not None and self.param_persistence_threshold < 0:
+            raise ValueError(f"param_persistence_threshold: must be >= 0, got {self.param_persistence_threshold}")
 
 
 @dataclass

@@ -235,6 +235,8 @@ def _meta(c, loss, with_dq=None):
 class _AttentionLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, s_q, s_k, t_q, t_k, mask, loss: int, temperature: float):
+        if t_q.dtype != s_q.dtype:  # one dot precision per launch: the teacher's no-grad copy
+            t_q, t_k = t_q.to(s_q.dtype), t_k.to(s_q.dtype)  # follows the student's dtype
         s_q, s_k = _pair(s_q, s_k)  # the kernels take one set of strides per model
         t_q, t_k = _pair(t_q, t_k)
         c = _config(s_q, t_q)

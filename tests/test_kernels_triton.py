@@ -31,6 +31,9 @@ def make_mask(B, L, kind, g, device):
     elif kind == "holes":
         m = (torch.rand(B, L, generator=g) > 0.35).float()
         m[:, 0] = 1
+    elif kind == "left":  # padding first (left-padded batches)
+        for b in range(B):
+            m[b, :torch.randint(0, L, (1,), generator=g).item()] = 0
     elif kind == "edge":  # a single real token, a fully padded sequence, a full one
         m.zero_()
         m[0, L // 2] = 1
@@ -132,9 +135,34 @@ def test_attention_on_fused_qkv_views(name, seed):
     assert torch.allclose(out, ref, rtol=1e-5) and torch.allclose(c.grad, a.grad, rtol=1e-4, atol=1e-7), seed
 
 
+def mixed(name, s_dtype, t_dtype, seed, device, L=23, D=(16, 32), B=3, H=2, tol=(1e-5, 1e-4)):
+    """Student and teacher in different dtypes (a bf16 teacher next to an fp32 student): the
+    losses are computed as if the teacher were in the student's dtype."""
+    g = torch.Generator().manual_seed(seed)
+    s_q, s_k = (x.to(device, s_dtype) for x in fused_qkv(B, L, H, D[0], g))
+    t_q, t_k = (x.to(device, t_dtype) for x in fused_qkv(B, L, H, D[1], g))
+    mask = make_mask(B, L, "left", g, device)
+    a, b = (x.detach().requires_grad_() for x in (s_q, s_k))
+    out = getattr(kernels, name)(a, b, t_q, t_k, mask, impl="triton")
+    out.backward()
+    ra, rb = (x.detach().double().requires_grad_() for x in (s_q, s_k))
+    ref = getattr(R, name)(ra, rb, t_q.to(s_dtype).double(), t_k.to(s_dtype).double(), mask)
+    ref.backward()
+    where = f"{name} {s_dtype}/{t_dtype} seed={seed}"
+    assert abs(out.item() - ref.item()) <= tol[0] * max(1.0, abs(ref.item())), (out.item(), ref.item(), where)
+    assert a.grad.dtype == s_dtype and rel(a.grad, ra.grad) <= tol[1] and rel(b.grad, rb.grad) <= tol[1], where
+
+
 @INTERP
 @pytest.mark.parametrize("seed", SEEDS)
-@pytest.mark.parametrize("kind", ["holes", "edge", "right"])
+@pytest.mark.parametrize("name", ["attention_score_mse", "attention_prob_kl"])
+def test_attention_mixed_student_teacher_dtypes_interpreter(name, seed):
+    mixed(name, torch.float32, torch.float16, seed, "cpu")
+
+
+@INTERP
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("kind", ["holes", "edge", "right", "left"])
 def test_elementwise_losses_interpreter(kind, seed):
     g = torch.Generator().manual_seed(seed)
     B, H, L, d = 3, 2, 37, 45
@@ -237,9 +265,37 @@ def test_attention_losses_cuda(name, dtype, L, D):
     B, H = 8, 12
     s = [qk(B, H, L, D, g, "cuda", noncontig=True), qk(B, H, L, D, g, "cuda", noncontig=True)]
     t = [qk(B, H, L, 64, g, "cuda"), qk(B, H, L, 64, g, "cuda")]
+    for kind in ("right", "left"):
+        mask = make_mask(B, L, kind, g, "cuda")
+        mask[1] = 0  # a fully padded sequence: no NaN
+        check(name, s, t, mask, dtype=dtype, tol=TOLS[dtype][0], gtol=TOLS[dtype][1])
+
+
+@pytest.mark.gpu
+@GPU
+@pytest.mark.parametrize("name", ["attention_score_mse", "attention_prob_kl"])
+@pytest.mark.parametrize("s_dtype,t_dtype", [(torch.float32, torch.bfloat16), (torch.bfloat16, torch.float32),
+                                             (torch.float16, torch.bfloat16)])
+def test_attention_fused_qkv_mixed_dtypes_cuda(name, s_dtype, t_dtype):
+    """mBERT shapes, fused-QKV views, left padding, student and teacher in different dtypes."""
+    tol = TOLS[s_dtype]
+    mixed(name, s_dtype, t_dtype, 11, "cuda", L=128, D=(64, 64), B=8, H=12, tol=(tol[0], tol[1]))
+
+
+@pytest.mark.gpu
+@GPU
+@pytest.mark.parametrize("go", [65536.0, 1 / 65536])
+def test_fp16_loss_scales_cuda(go):
+    g = torch.Generator().manual_seed(13)
+    B, L, d = 8, 128, 768
     mask = make_mask(B, L, "right", g, "cuda")
-    mask[1] = 0  # a fully padded sequence: no NaN
-    check(name, s, t, mask, dtype=dtype, tol=TOLS[dtype][0], gtol=TOLS[dtype][1])
+    check("hidden_mse", [torch.randn(B, L, d, generator=g).cuda()], [torch.randn(B, L, d, generator=g).cuda()],
+          mask, dtype=torch.float16, tol=2e-3, gtol=2e-3, go=go)
+    N, V = 1024, 30001
+    s = [torch.randn(N, d, generator=g).cuda(), (torch.randn(V, d, generator=g) * 0.02).cuda(),
+         torch.randn(V, generator=g).cuda() * 0.1]
+    t = [torch.randn(N, d, generator=g).cuda(), (torch.randn(V, d, generator=g) * 0.02).cuda()]
+    check("fused_linear_kl", s, t, None, extra=(2.0,), dtype=torch.float16, tol=5e-3, gtol=1e-2, go=go)
 
 
 @pytest.mark.gpu

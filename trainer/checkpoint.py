@@ -1,13 +1,19 @@
-"""Checkpoints: DeepSpeed engine state + our client state (step, data position) + per-rank
-RNG states; keep the last K; a `latest` pointer written only after every rank finished.
+"""Checkpoints: DeepSpeed engine state + our client state (step, data position, world size)
++ per-rank RNG states; keep the last K; a `complete` marker and then the `latest` pointer,
+written only after every rank finished.
 
-Layout: <run>/checkpoints/step00000100/ (DeepSpeed's files, rng_rank{r}.pt), <run>/checkpoints/latest
+Layout: <run>/checkpoints/step00000100/ (DeepSpeed's files, rng_rank{r}.pt, complete),
+<run>/checkpoints/latest. Resuming never silently starts over: a `latest` naming a missing or
+incomplete checkpoint falls back to the newest complete one with a warning, and a run
+directory holding checkpoints none of which is complete is an error.
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,24 +36,50 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+class CheckpointError(RuntimeError):
+    """Checkpoints exist but cannot be resumed from (the message says which and why)."""
+
+
+def _complete(d: Path) -> bool:
+    return (d / "complete").is_file()
+
+
 class Checkpointer:
     def __init__(self, run_dir: str | os.PathLike, keep: int, rank: int):
         self.dir = Path(run_dir) / "checkpoints"
         self.keep, self.rank = keep, rank
 
     def latest(self) -> str | None:
-        p = self.dir / "latest"
-        if not p.is_file():
+        """The checkpoint to resume from, or None for a fresh run (see the module docstring)."""
+        pointer = self.dir / "latest"
+        tags = sorted(p.name for p in self.dir.glob("step*") if p.is_dir()) if self.dir.is_dir() else []
+        complete = [t for t in tags if _complete(self.dir / t)]
+        named = pointer.read_text().strip() if pointer.is_file() else None
+        if named is not None and named in complete:
+            return named
+        if named in tags and not complete and (self.dir / named / "rng_rank0.pt").is_file():
+            return named  # written before markers existed: the pointer only moved once complete
+        if not named and not tags:
             return None
-        tag = p.read_text().strip()
-        return tag if (self.dir / tag).is_dir() else None
+        if complete:
+            if named is not None:
+                why = "is missing" if named not in tags else "is incomplete (no 'complete' marker)"
+                print(f"[checkpoint] warning: {pointer} names {named}, which {why}; resuming from the newest "
+                      f"complete checkpoint, {complete[-1]}", file=sys.stderr, flush=True)
+            return complete[-1]
+        raise CheckpointError(f"{self.dir}: " + (f"'latest' names {named!r} but " if named else "")
+                              + f"none of the checkpoints {tags} is complete; refusing to restart from step 0 "
+                              f"over them (move or delete {self.dir} to start a new run)")
 
     def save(self, engine, step: int, client_state: dict) -> str:
         tag = f"step{step:08d}"
-        engine.save_checkpoint(str(self.dir), tag=tag, client_state=client_state, save_latest=False)
+        world = dist.get_world_size()
+        engine.save_checkpoint(str(self.dir), tag=tag, client_state={**client_state, "world_size": world},
+                               save_latest=False)
         torch.save(_rng_state(), self.dir / tag / f"rng_rank{self.rank}.pt")
-        dist.barrier()  # every rank's shards are on disk before the pointer moves
+        dist.barrier()  # every rank's shards are on disk before the marker and the pointer
         if self.rank == 0:
+            (self.dir / tag / "complete").write_text(json.dumps({"step": step, "world_size": world}))
             tmp = self.dir / "latest.tmp"
             tmp.write_text(tag)
             os.replace(tmp, self.dir / "latest")
@@ -58,15 +90,19 @@ class Checkpointer:
         return tag
 
     def load(self, engine) -> dict | None:
-        """Restore the latest checkpoint into `engine`; returns its client state (or None)."""
+        """Restore the checkpoint `latest()` picks into `engine`; returns its client state."""
         tag = self.latest()
         if tag is None:
             return None
+        rng = self.dir / tag / f"rng_rank{self.rank}.pt"
+        marker = json.loads((self.dir / tag / "complete").read_text()) if _complete(self.dir / tag) else {}
+        if not rng.is_file():
+            raise CheckpointError(f"{rng} is missing: {tag} was written by {marker.get('world_size', '?')} "
+                                  f"rank(s), this run has {dist.get_world_size()}; resume with the same "
+                                  f"number of ranks")
         path, client = engine.load_checkpoint(str(self.dir), tag=tag, load_optimizer_states=True,
                                               load_lr_scheduler_states=True)
         if path is None:
-            raise RuntimeError(f"cannot load checkpoint {self.dir / tag}")
-        rng = self.dir / tag / f"rng_rank{self.rank}.pt"
-        if rng.is_file():
-            _set_rng_state(torch.load(rng, weights_only=False))
+            raise CheckpointError(f"cannot load checkpoint {self.dir / tag}")
+        _set_rng_state(torch.load(rng, weights_only=False))
         return {**(client or {}), "tag": tag}

@@ -13,9 +13,12 @@ from .models import ModelError, encoder_of
 
 
 def check_config(cfg: DistillConfig) -> None:
-    if cfg.loss.logit_weight > 0 and cfg.engine.zero_stage == 3:
-        raise ModelError("loss.logit_weight with engine.zero_stage=3 is not supported "
-                         "(the MLM decoder weight is partitioned); use stage 0–2")
+    for key in ("logit_weight", "mlm_weight"):
+        if getattr(cfg.loss, key) > 0 and cfg.engine.zero_stage == 3:
+            raise ModelError(f"loss.{key} with engine.zero_stage=3 is not supported: the MLM decoder "
+                             f"weight (tied to the embeddings) is partitioned and used outside its "
+                             f"module's forward; use engine.zero_stage 0–2 (the student is small: "
+                             f"ZeRO-2 already partitions its optimizer state and gradients)")
 
 
 def check_tokenizer(manifest: dict, teacher: nn.Module, teacher_path: str | None) -> None:

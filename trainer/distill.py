@@ -19,27 +19,36 @@ def main(argv: list[str] | None = None) -> int:
             if not a.startswith("--local_rank")]  # the deepspeed launcher adds --local_rank=N
     try:
         cfg = parse_cli(DistillConfig, argv, "python -m trainer.distill", __doc__)
-        if cfg is None:
-            return 0
-        from data_prep import PrepError
-        from .data import DataError
-        from .distiller import Distiller
-        from .models import ModelError
+    except ConfigError as e:
+        print(f"trainer.distill: error: {e}", file=sys.stderr)
+        return 2
+    if cfg is None:
+        return 0
+    from data_prep import PrepError
+
+    from .checkpoint import CheckpointError
+    from .data import DataError
+    from .distiller import Distiller, RunLocked, shutdown
+    from .models import ModelError
+    distiller = None
+    try:
         try:
             distiller = Distiller(cfg, command=" ".join(["python -m trainer.distill", *argv]))
-        except (PrepError, DataError, ModelError, ValueError) as e:
+        except (PrepError, DataError, ModelError, RunLocked, CheckpointError, ValueError) as e:
             print(f"trainer.distill: error: {e}", file=sys.stderr)
             return 2
         try:
             code = distiller.train()
+            if code == 0:
+                distiller.close()
+            return code
         except FloatingPointError as e:
             print(f"trainer.distill: error: {e}", file=sys.stderr)
             return 3
-        distiller.close()
-        return code
-    except ConfigError as e:
-        print(f"trainer.distill: error: {e}", file=sys.stderr)
-        return 2
+    finally:
+        # every exit path: TensorBoard flushed and closed, the run lock released, the process
+        # group destroyed (a failing rank's peers then see a closed connection at once)
+        shutdown(distiller)
 
 
 if __name__ == "__main__":

@@ -30,9 +30,10 @@ from .data import build_loader, tokens_per_language
 from .ds_config import build_ds_config, resolve_precision
 from .losses import DistillObjective
 from .metrics import Metrics
-from .models import build_student, flops_per_token, load_teacher
+from .models import build_student, encoder_of, flops_per_token, load_teacher
 from .optim import build_optimizer, param_groups, scheduler_factory
 from .records import RunRecords
+from .runlock import RunLock, RunLocked  # noqa: F401  (RunLocked: re-exported for distill.py)
 
 EXIT_PREEMPTED = 75  # checkpoint written after SIGUSR1/SIGTERM: requeue and resume
 EXIT_QUALITY = 4     # checkpoint written, stopped by eval.stop_on_drop
@@ -72,19 +73,23 @@ class Distiller:
         self.cfg, run = cfg, cfg.run
         self.run_dir = Path(run.output_dir)
         self.cuda = torch.cuda.is_available()
+        self._env_at_start = dict(os.environ)  # before init_dist fills in RANK/LOCAL_RANK for plain runs
         # 0. checks that need no process group: data, precision, impossible combinations
         self.manifest = read_manifest(cfg.data.shards)
         self.precision = resolve_precision(cfg.engine.precision, self.cuda)
         check_config(cfg)
 
-        # 1. dist
+        # 1. dist, then the run directory's lock (rank 0; every rank learns the outcome)
         self.rank, self.world = init_dist(self.cuda)
         local = int(os.environ.get("LOCAL_RANK", 0))
         self.device = torch.device("cuda", local) if self.cuda else torch.device("cpu")
         if self.cuda:
             torch.cuda.set_device(self.device)
-        # 2. seed (dropout); data order is seeded separately and does not depend on it
-        torch.manual_seed(run.seed + self.rank)
+        self.lock = RunLock(self.run_dir)
+        self._take_lock(command)
+        # 2. seed: the models below are built from `run.seed` (identical on every rank); the
+        #    per-rank dropout stream is seeded after them (step 5). Data order is seeded apart.
+        torch.manual_seed(run.seed)
 
         # 3. teacher: frozen, eval, no_grad, no optimizer
         t_dtype = {"auto": torch.bfloat16 if self.cuda else torch.float32, "fp32": torch.float32,
@@ -106,6 +111,9 @@ class Distiller:
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=self.module, optimizer=optimizer, model_parameters=None if optimizer else groups,
             lr_scheduler=scheduler_factory(cfg.optim, run.max_steps), config=self.ds_config)
+        # each rank its own dropout stream, now that nothing re-seeds any more (a resume
+        # restores the per-rank RNG state from the checkpoint)
+        torch.manual_seed(run.seed + self.rank)
 
         # 6. data and live evaluation (their positions are set on resume)
         self.step = 0
@@ -143,11 +151,26 @@ class Distiller:
         self.metrics = Metrics(self.run_dir, self.rank, run.max_steps, self.step, run.log_interval,
                                run.progress_bar, self.world,
                                *(flops_per_token(self.teacher, student) if self.cuda else (0.0, 0.0)))
-        self._stop = False
+        self._stop = self._stop_agreed = False
+        # started by a launcher (torchrun, deepspeed, srun): watch it; a plain `python -m` run
+        # under nohup must not stop when its shell goes away
+        self._launcher_pid = os.getppid() if "LOCAL_RANK" in self._env_at_start else None
         for sig in (signal.SIGUSR1, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
 
     # ------------------------------------------------------------------ helpers
+    def _take_lock(self, command: str) -> None:
+        error = ""
+        if self.rank == 0:
+            try:
+                self.lock.acquire(command)
+            except RunLocked as e:
+                error = str(e)
+        ok = torch.tensor([0.0 if error else 1.0], device=self.device)
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        if ok.item() < 1:
+            raise RunLocked(error or f"run.output_dir {self.run_dir} is in use by another run (see rank 0)")
+
     def _log(self, msg: str) -> None:
         if self.rank == 0:
             print(f"[distill] {msg}", flush=True)
@@ -155,10 +178,16 @@ class Distiller:
     def _on_signal(self, signum, _frame) -> None:
         self._stop = True  # acted on at the next step boundary, on every rank together
 
-    def _all(self, value: float, op) -> float:
-        t = torch.tensor([value], dtype=torch.float64, device=self.device)
-        dist.all_reduce(t, op=op)
-        return t.item()
+    def _stop_requested(self) -> bool:
+        """SIGUSR1/SIGTERM arrived, or the launcher that started this worker died (torchrun
+        starts workers in their own session: a kill -9 of it leaves them training on,
+        racing a rerun of the same command on the same run directory)."""
+        if self._launcher_pid is not None and os.getppid() != self._launcher_pid:
+            if not self._stop:
+                print(f"[distill] rank {self.rank}: launcher (pid {self._launcher_pid}) is gone; "
+                      f"stopping at this step's end", flush=True)
+            self._stop = True
+        return self._stop
 
     def state(self) -> dict:
         return {"step": self.step, "consumed": self.consumed, "bad_steps": self.bad_steps,
@@ -174,7 +203,8 @@ class Distiller:
 
     def _evaluate(self) -> bool:
         """Live retrieval on every rank (sharded); rank 0 logs. True when the drop alarm is up."""
-        res, secs = self.live_eval.run(self.module.student)
+        # the bare encoder: a *ForMaskedLM student's own output has no last_hidden_state
+        res, secs = self.live_eval.run(encoder_of(self.module.student))
         alarm = self.live_eval.guard.update(res["mean"]["mean"])
         self.metrics.evaluation(self.step, res, self.live_eval.guard, alarm, secs)
         return alarm
@@ -191,7 +221,9 @@ class Distiller:
             dt = time.perf_counter() - t0
             scalars = {f"loss/{k}": v for k, v in out["terms"].items()}
             scalars["lr"] = self.scheduler.get_last_lr()[0]
-            scalars["grad_norm"] = out["grad_norm"]
+            if self.metrics.due(self.step):  # the grad norm is a device value: read it when logged
+                gn = self.engine.get_global_grad_norm()
+                scalars["grad_norm"] = float(gn) if gn is not None else 0.0
             scalars["data/skipped_batches"] = self.skipped
             self.metrics.step(self.step, scalars, out["tokens"], out["samples"], dt, Counter(out["langs"]))
             self.records.trace(self.step, out["terms"]["total"], out["batch_sha256"])
@@ -203,7 +235,7 @@ class Distiller:
                           f"{tag} written; exiting with {EXIT_QUALITY}")
                 self.metrics.close()
                 return EXIT_QUALITY
-            if self._all(float(self._stop), dist.ReduceOp.MAX) > 0:
+            if self._stop_agreed:  # every rank saw the same reduced flag in this step
                 tag = self.ckpt.save(self.engine, self.step, self.state())
                 self._log(f"signal received: checkpoint {tag} written; exiting with {EXIT_PREEMPTED}")
                 self.metrics.close()
@@ -222,22 +254,36 @@ class Distiller:
 
     def train_step(self, data_iter) -> dict:
         """One optimizer step (grad_accum micro-batches). Non-finite micro-batches are skipped
-        on every rank together, counted, and replaced by the next batch."""
+        on every rank together, counted, and replaced by the next batch.
+
+        Host syncs per micro-batch: one. A single all-reduce of a small float64 vector carries
+        what every rank must agree on — whether the loss is finite everywhere, whether a stop
+        was requested (signal, or the launcher died), and the loss terms (their mean over
+        ranks is what is logged). Token and sample counts come from the batch while it is
+        still on the host; the batch hash (run.trace) is only computed when tracing."""
         accum = self.cfg.engine.grad_accum
         terms_sum: dict[str, float] = {}
-        digest = hashlib.sha256()
+        digest = hashlib.sha256() if self.records.trace_on else None
         tokens = samples = good = 0
         langs: Counter = Counter()
         while good < accum:
-            batch = {k: v.to(self.device, non_blocking=True) for k, v in next(data_iter).items()}
+            host = next(data_iter)
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in host.items()}
             self.consumed += 1
             t_hidden, t_qk = self._teacher(batch)
             loss, terms = self.engine(batch["input_ids"], batch["attention_mask"], t_hidden, t_qk,
                                       self.teacher, batch.get("labels"))
-            if self._all(float(torch.isfinite(loss).all()), dist.ReduceOp.MIN) < 1:
+            keys = ["total", *terms]
+            local = torch.stack([(~torch.isfinite(loss)).to(torch.float64),
+                                 torch.tensor(float(self._stop_requested()), dtype=torch.float64, device=self.device),
+                                 *(v.detach().to(torch.float64) for v in (loss, *terms.values()))])
+            dist.all_reduce(local)
+            nonfinite, stop, *values = local.tolist()   # the one host sync of this micro-batch
+            self._stop_agreed = self._stop_agreed or stop > 0
+            if nonfinite > 0:
                 self.bad_steps += 1
                 self.skipped += 1
-                self._log(f"step {self.step + 1}: non-finite loss on some rank; batch skipped "
+                self._log(f"step {self.step + 1}: non-finite loss on {int(nonfinite)} rank(s); batch skipped "
                           f"({self.bad_steps} in a row)")
                 if self.bad_steps >= self.cfg.run.max_bad_steps:
                     raise FloatingPointError(f"{self.bad_steps} consecutive non-finite losses "
@@ -247,24 +293,31 @@ class Distiller:
             self.engine.backward(loss)
             self.engine.step()
             good += 1
-            digest.update(batch["input_ids"].cpu().numpy().tobytes())
-            for k, v in terms.items():
-                terms_sum[k] = terms_sum.get(k, 0.0) + v.item() / accum
-            terms_sum["total"] = terms_sum.get("total", 0.0) + loss.item() / accum
-            tokens += int(batch["attention_mask"].sum())
-            samples += batch["input_ids"].shape[0]
-            langs.update(tokens_per_language(batch, self.stream.languages))
+            for k, v in zip(keys, values):  # the mean over ranks, averaged over the micro-batches
+                terms_sum[k] = terms_sum.get(k, 0.0) + v / self.world / accum
+            if digest is not None:
+                digest.update(host["input_ids"].numpy().tobytes())
+            tokens += int(host["attention_mask"].sum())
+            samples += host["input_ids"].shape[0]
+            langs.update(tokens_per_language(host, self.stream.languages))
         self.step += 1
-        # logged losses are the mean over ranks (one small all-reduce per step)
-        keys = sorted(terms_sum)
-        t = torch.tensor([terms_sum[k] for k in keys], dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
-        terms_sum = {k: v / self.world for k, v in zip(keys, t.tolist())}
-        gn = self.engine.get_global_grad_norm()
         return {"terms": terms_sum, "tokens": tokens, "samples": samples, "langs": langs,
-                "grad_norm": float(gn) if gn is not None else 0.0, "batch_sha256": digest.hexdigest()}
+                "batch_sha256": digest.hexdigest() if digest is not None else ""}
 
     def close(self) -> None:
+        """After a successful run: wait for every rank, then shut down (see `shutdown`)."""
         if dist.is_initialized():
             dist.barrier()
-            dist.destroy_process_group()
+        shutdown(self)
+
+
+def shutdown(distiller: "Distiller | None") -> None:
+    """Every exit path, also after an error (no barrier then: a failed peer would never reach
+    it): close TensorBoard, release the run lock, destroy the process group. Idempotent."""
+    if distiller is not None:
+        if getattr(distiller, "metrics", None) is not None:
+            distiller.metrics.close()
+        if getattr(distiller, "lock", None) is not None:
+            distiller.lock.release()
+    if dist.is_initialized():
+        dist.destroy_process_group()

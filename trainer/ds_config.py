@@ -17,6 +17,8 @@ def build_ds_config(engine: EngineConfig, optim: OptimConfig, data: DataConfig, 
     zero: dict = {"stage": engine.zero_stage}
     if engine.zero_stage >= 1:
         zero.update(overlap_comm=False, contiguous_gradients=True)
+    if engine.zero_stage == 3 and engine.param_persistence_threshold is not None:
+        zero["stage3_param_persistence_threshold"] = engine.param_persistence_threshold
     if engine.offload_optimizer:
         if engine.zero_stage == 0:
             raise ValueError("engine.offload_optimizer needs engine.zero_stage >= 1")

@@ -26,6 +26,10 @@ class Metrics:
             from tqdm import tqdm
             self.bar = tqdm(total=max_steps, initial=start_step, unit="step", dynamic_ncols=True)
 
+    def due(self, step: int) -> bool:
+        """Whether `step` is logged (every log_interval steps, and the first)."""
+        return step % self.log_interval == 0 or step == 1
+
     def step(self, step: int, scalars: dict, tokens: int, samples: int, seconds: float,
              lang_tokens: Counter) -> None:
         """Called on every rank with this rank's counts (rank 0 scales by the world size)."""
@@ -40,7 +44,7 @@ class Metrics:
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{scalars['loss/total']:.4f}")
-        if step % self.log_interval and step != 1:
+        if not self.due(step):
             return
         tps = w["tokens"] / max(w["time"], 1e-9)
         out = dict(scalars)
@@ -98,7 +102,10 @@ class Metrics:
         self.writer.flush()
 
     def close(self) -> None:
+        """Idempotent: called at the end of a run and again on every exit path."""
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
         if self.writer is not None:
             self.writer.close()
+            self.writer = None

@@ -117,10 +117,15 @@ def build_student(teacher: nn.Module, cfg: StudentConfig, seed: int) -> tuple[nn
     return student, layers
 
 
+def full_numel(p: torch.Tensor) -> int:
+    """A parameter's full size, also when ZeRO-3 holds only this rank's partition of it."""
+    return int(getattr(p, "ds_numel", p.numel()))
+
+
 def non_embedding_params(model: nn.Module) -> int:
     """Parameters outside the embedding layer: the N of the 2·N / 6·N FLOPs-per-token counts."""
-    emb = sum(p.numel() for p in encoder_of(model).embeddings.parameters())
-    return sum(p.numel() for p in model.parameters()) - emb
+    emb = sum(full_numel(p) for p in encoder_of(model).embeddings.parameters())
+    return sum(full_numel(p) for p in model.parameters()) - emb
 
 
 def flops_per_token(teacher: nn.Module, student: nn.Module) -> tuple[float, float]:
