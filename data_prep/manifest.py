@@ -31,12 +31,43 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def is_url(root: str | os.PathLike) -> bool:
+    """A shard location webdataset's gopen opens rather than a local folder: `http(s)://...`,
+    `pipe:cmd ...`, or a template with `{}` for the relative path."""
+    root = str(root)
+    return "://" in root or root.startswith("pipe:") or "{}" in root
+
+
+def shard_url(root: str | os.PathLike, rel: str) -> str:
+    """Where a manifest path (`en/en-000000.tar`, `manifest.json`) lives under `root`: a local
+    folder, a URL prefix (`https://host/shards`, `pipe:cat /data/shards`) or a template
+    (`pipe:aws s3 cp s3://bucket/shards/{} -`)."""
+    root = str(root)
+    if "{}" in root:
+        return root.replace("{}", rel)
+    if is_url(root):
+        return root.rstrip("/") + "/" + rel
+    return str(Path(root) / rel)
+
+
 def read_manifest(out_dir: str | os.PathLike) -> dict:
+    if is_url(out_dir):
+        from .tarreader import ShardError, fetch
+        url = shard_url(out_dir, MANIFEST)
+        try:
+            text = fetch(url).decode("utf-8")
+        except ShardError as e:
+            raise PrepError(f"{url}: no manifest ({e})") from None
+        return _parse_manifest(text, url)
     path = Path(out_dir) / MANIFEST
     if not path.is_file():
         raise PrepError(f"{path}: no manifest (is {out_dir} a finished data_prep output?)")
+    return _parse_manifest(path.read_text(encoding="utf-8"), path)
+
+
+def _parse_manifest(text: str, path) -> dict:
     try:
-        m = json.loads(path.read_text(encoding="utf-8"))
+        m = json.loads(text)
     except json.JSONDecodeError as e:
         raise PrepError(f"{path}: invalid JSON ({e})") from None
     if m.get("format") != FORMAT:

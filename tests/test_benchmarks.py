@@ -70,3 +70,14 @@ def test_gpu_check_skips_cleanly_without_a_gpu(tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "gpu-check: skipped: no CUDA device" in r.stdout
     assert "skipped: no CUDA device" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_bench_loader_tiny(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "benchmarks.bench_loader", "--tiny", "--out", str(tmp_path)],
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = list(csv.DictReader(open(tmp_path / "bench_loader.csv")))
+    assert {row["shards"] for row in rows} == {"one-segment", "packed"}
+    assert {row["loader"].split(" ")[0] for row in rows} == {"tarfile", "reader", "stream", "dataloader"}
+    assert all(float(row["samples_s"]) > 0 for row in rows)

@@ -75,3 +75,52 @@ def test_grouped_stream_resumes_exactly(segment_shards):
 def test_group_by_length_must_not_be_negative():
     with pytest.raises(ValueError, match="group_by_length"):
         DataConfig(shards="x", group_by_length=-1)
+
+
+def test_shards_from_a_pipe_or_http_give_the_same_batches(segment_shards):
+    """data.shards may name where the data_prep folder is served, not only the folder."""
+    from tests.test_tarreader import serve
+    from trainer.data import MixedStream
+
+    def batches(root):
+        cfg = DataConfig(shards=root, micro_batch_size=8, num_workers=0, shuffle_buffer=20)
+        manifest = read_manifest(root)
+        ds = MixedStream(cfg, manifest, {k: 1.0 for k in manifest["languages"]}, 0, 7, 0, 1)
+        return [b["input_ids"] for b in take(ds, 12)]
+    local = batches(str(segment_shards))
+    srv = serve(segment_shards)
+    try:
+        for root in (f"pipe:cat {segment_shards}", "pipe:cat " + str(segment_shards / "{}"),
+                     f"http://127.0.0.1:{srv.server_port}"):
+            got = batches(root)
+            assert len(got) == len(local) and all(a.equal(b) for a, b in zip(got, local)), root
+    finally:
+        srv.shutdown()
+
+
+def test_verify_modes(segment_shards, tmp_path):
+    import shutil
+
+    from data_prep.tarreader import ShardError
+    from trainer.data import MixedStream
+    root = tmp_path / "shards"
+    shutil.copytree(segment_shards, root)
+    m = read_manifest(root)
+    victims = [root / sh["path"] for sh in m["languages"]["de"]["shards"]]
+    originals = [v.read_bytes() for v in victims]
+    for v, data in zip(victims, originals):
+        data = bytearray(data)
+        data[512 + 150] ^= 1     # one token id: same structure, same count, another hash
+        v.write_bytes(data)
+
+    def first_batches(verify):
+        cfg = DataConfig(shards=str(root), micro_batch_size=8, num_workers=0, shuffle_buffer=20,
+                         verify=verify, languages=["de"])
+        return take(MixedStream(cfg, m, {"de": 1.0}, 0, 7, 0, 1), 3)
+    assert len(first_batches("count")) == 3
+    with pytest.raises(ShardError, match="sha256 .* differs"):
+        first_batches("sha256")
+    for v, data in zip(victims, originals):
+        v.write_bytes(data[:len(data) // 2])
+    with pytest.raises(ShardError, match="truncated"):
+        first_batches("none")  # the structure is always checked

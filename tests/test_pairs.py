@@ -47,8 +47,8 @@ def pair_shards(tmp_path_factory):
 def test_pairs_are_tokenised_like_the_text(pair_shards):
     import unicodedata
 
+    from data_prep.tarreader import load_shard
     from data_prep.tokenizer import load_tokenizer
-    from trainer.data import read_tar
     out, m, tok_dir = pair_shards
     tok = load_tokenizer(str(tok_dir))
     par = m["parallel"]
@@ -60,7 +60,8 @@ def test_pairs_are_tokenised_like_the_text(pair_shards):
     assert par["counts"]["pair_texts_truncated"] == 1               # "der hund " × 30 > 24 tokens
     assert [s["samples"] for s in par["shards"]] == [2, 2]          # shard_samples applies
     verify(out)
-    samples = [f for sh in par["shards"] for _, f in read_tar(str(out / sh["path"]))]
+    samples = [{k: bytes(v) for k, v in f.items()} for sh in par["shards"]
+               for _, f in load_shard(str(out / sh["path"]), sh["samples"], sh["sha256"])]
     kept = [r for i, r in enumerate(PAIRS) if i != 2]
 
     def want(text):  # the packer's one-segment sequence: [CLS] text [SEP], at most seq_len

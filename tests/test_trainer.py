@@ -383,3 +383,23 @@ def test_teacher_directory_with_another_tokenizer_is_refused(shards, tmp_path):
     code, log = finish(launch("python", tmp_path / "no", shards, f"--teacher.name_or_path={bad}",
                               "--teacher.random_init={}", "--run.max_steps=2", nproc=1))
     assert code == 2 and "differs from the teacher's own tokenizer" in log, log[-3000:]
+
+
+@pytest.mark.slow
+def test_a_truncated_shard_ends_every_rank_with_its_name(shards, tmp_path):
+    """The truncated shards are read only by rank 1's second DataLoader worker (whole shards
+    go round-robin to the 4 streams): rank 1 names them, and rank 0 does not hang."""
+    import shutil
+    root = tmp_path / "shards"
+    shutil.copytree(shards, root)
+    m = json.loads((root / "manifest.json").read_text())
+    de = m["languages"]["de"]["shards"]
+    victims = [root / de[i]["path"] for i in range(3, len(de), 4)]   # stream 3 = rank 1, worker 1
+    for v in victims:
+        v.write_bytes(v.read_bytes()[: v.stat().st_size // 2])
+    t0 = time.time()
+    code, log = finish(launch("torchrun", tmp_path / "run", root, "--run.max_steps=200", "--data.num_workers=2",
+                              "--data.languages=[de]"), timeout=300)
+    assert code != 0, log[-3000:]
+    assert "rank 1:" in log and "truncated" in log and any(str(v) in log for v in victims), log[-3000:]
+    assert time.time() - t0 < 150

@@ -13,12 +13,9 @@ of the worker that was next in line, and each role skips the batches it had prod
 from __future__ import annotations
 
 import hashlib
-import io
 import random
-import tarfile
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -26,8 +23,9 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from configs import DataConfig
-from data_prep.manifest import read_manifest
+from data_prep.manifest import read_manifest, shard_url
 from data_prep.sampling import smoothed_probabilities
+from data_prep.tarreader import ShardError, load_shard, npy_array
 
 
 class DataError(ValueError):
@@ -35,52 +33,54 @@ class DataError(ValueError):
 
 
 @dataclass(frozen=True)
+class Shard:
+    url: str
+    samples: int
+    sha256: str
+
+
+@dataclass(frozen=True)
 class StreamPlan:
     """What one (rank, role) stream reads of one language."""
-    shards: tuple[str, ...]
+    shards: tuple[Shard, ...]
     stride: int   # keep every stride-th sample ...
     offset: int   # ... starting at this one (stride 1: whole shards)
     samples: int
 
 
-def read_samples(path: str) -> Iterator[np.ndarray]:
-    """input_ids of each sample of one tar shard, in order."""
-    with tarfile.open(path, "r|") as tar:
-        for member in tar:
-            if member.name.endswith(".input_ids.npy"):
-                yield np.load(io.BytesIO(tar.extractfile(member).read()))
+_VERIFIED: set[str] = set()  # shards whose sha256 this process has checked (data.verify: sha256)
+
+
+def shard_samples(shard: Shard, verify: str = "count") -> list[tuple[str, dict]]:
+    """The samples of one shard, checked whole before any is used (see data.verify)."""
+    sha = shard.sha256 if verify == "sha256" and shard.url not in _VERIFIED else None
+    out = load_shard(shard.url, shard.samples if verify != "none" else None, sha)
+    if sha is not None:
+        _VERIFIED.add(shard.url)
+    return out
+
+
+def read_samples(shard: Shard, verify: str = "count") -> Iterator[np.ndarray]:
+    """input_ids of each sample of one shard, in order."""
+    for key, fields in shard_samples(shard, verify):
+        ids = fields.get("input_ids.npy")
+        if ids is None:
+            raise ShardError(f"{shard.url}: sample {key} has no input_ids.npy")
+        yield npy_array(ids, shard.url)
 
 
 def plan_streams(manifest: dict, root: str, languages: list[str], n_streams: int, sid: int) -> dict[str, StreamPlan]:
     plans = {}
     for lang in languages:
-        shards = manifest["languages"][lang]["shards"]
-        paths = [str(Path(root) / s["path"]) for s in shards]
+        shards = [Shard(shard_url(root, s["path"]), s["samples"], s["sha256"])
+                  for s in manifest["languages"][lang]["shards"]]
         if len(shards) >= n_streams:
-            mine = list(range(sid, len(shards), n_streams))
-            plans[lang] = StreamPlan(tuple(paths[i] for i in mine), 1, 0,
-                                     sum(shards[i]["samples"] for i in mine))
+            mine = tuple(shards[i] for i in range(sid, len(shards), n_streams))
+            plans[lang] = StreamPlan(mine, 1, 0, sum(s.samples for s in mine))
         else:
-            total = sum(s["samples"] for s in shards)
-            plans[lang] = StreamPlan(tuple(paths), n_streams, sid, max(0, -(-(total - sid) // n_streams)))
+            total = sum(s.samples for s in shards)
+            plans[lang] = StreamPlan(tuple(shards), n_streams, sid, max(0, -(-(total - sid) // n_streams)))
     return plans
-
-
-def read_tar(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {field: bytes}) of each webdataset sample of one tar shard, in order."""
-    key, fields = None, {}
-    with tarfile.open(path, "r|") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            k, _, field = Path(member.name).name.partition(".")
-            if k != key and key is not None:
-                yield key, fields
-                fields = {}
-            key = k
-            fields[field] = tar.extractfile(member).read()
-    if key is not None:
-        yield key, fields
 
 
 class ParallelPairs:
@@ -89,7 +89,7 @@ class ParallelPairs:
     restricted to the training languages. Each draw is `pairs` items with one of their
     translations each."""
 
-    def __init__(self, manifest: dict, root: str, languages: list[str]):
+    def __init__(self, manifest: dict, root: str, languages: list[str], verify: str = "count"):
         entry = manifest.get("parallel")
         if not entry:
             raise DataError(f"data.parallel: {root}/manifest.json has no translation pairs: shard with "
@@ -97,21 +97,17 @@ class ParallelPairs:
         self.items: list[tuple[np.ndarray, list[tuple[str, np.ndarray]]]] = []
         self.unused = 0  # items with no translation into the training languages
         allowed = set(languages) - {"en"}
-        for shard in entry["shards"]:
-            path = str(Path(root) / shard["path"])
-            n = 0
-            for key, fields in read_tar(path):
-                n += 1
-                trs = sorted((f.split(".", 1)[0], np.load(io.BytesIO(b))) for f, b in fields.items()
-                             if f.endswith(".input_ids.npy") and f.split(".", 1)[0] in allowed)
+        for entry_shard in entry["shards"]:
+            shard = Shard(shard_url(root, entry_shard["path"]), entry_shard["samples"], entry_shard["sha256"])
+            for key, fields in shard_samples(shard, verify):
                 if "en.input_ids.npy" not in fields:
-                    raise DataError(f"data.parallel: {path}: sample {key} has no English side")
+                    raise DataError(f"data.parallel: {shard.url}: sample {key} has no English side")
+                trs = sorted((f.split(".", 1)[0], npy_array(b, shard.url).copy()) for f, b in fields.items()
+                             if f.endswith(".input_ids.npy") and f.split(".", 1)[0] in allowed)
                 if trs:
-                    self.items.append((np.load(io.BytesIO(fields["en.input_ids.npy"])), trs))
+                    self.items.append((npy_array(fields["en.input_ids.npy"], shard.url).copy(), trs))
                 else:
                     self.unused += 1
-            if n != shard["samples"]:
-                raise DataError(f"data.parallel: {path} holds {n} items, the manifest says {shard['samples']}")
         if not self.items:
             raise DataError(f"data.parallel: no pairs into the training languages {sorted(allowed)} in {root}")
 
@@ -141,7 +137,7 @@ class MixedStream(IterableDataset):
             if "en" not in self.languages:
                 raise DataError("data.parallel: the shards must include English ('en') among the "
                                 f"training languages (have {self.languages})")
-            self.parallel = ParallelPairs(manifest, cfg.shards, self.languages)
+            self.parallel = ParallelPairs(manifest, cfg.shards, self.languages, cfg.verify)
 
     def _lang_iter(self, lang: str, plan: StreamPlan, sid: int) -> Iterator[np.ndarray]:
         epoch = 0
@@ -151,8 +147,8 @@ class MixedStream(IterableDataset):
             rng.shuffle(order)
             buf: list[np.ndarray] = []
             k = 0
-            for path in order:
-                for ids in read_samples(path):
+            for shard in order:
+                for ids in read_samples(shard, self.cfg.verify):
                     if plan.stride > 1:
                         keep = k % plan.stride == plan.offset
                         k += 1

@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg is None:
         return 0
     from data_prep import PrepError
+    from data_prep.tarreader import ShardError
 
     from .checkpoint import CheckpointError
     from .data import DataError
@@ -45,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         except FloatingPointError as e:
             print(f"trainer.distill: error: {e}", file=sys.stderr)
             return 3
+        except ShardError as e:  # a missing, truncated or garbled shard, found while training
+            print(f"trainer.distill: error: rank {distiller.rank}: {str(e).strip().splitlines()[-1]}",
+                  file=sys.stderr)
+            return 2
     finally:
         # every exit path: TensorBoard flushed and closed, the run lock released, the process
         # group destroyed (a failing rank's peers then see a closed connection at once)
