@@ -9,9 +9,7 @@ files, trace), live_eval.py (held-out retrieval during training), export.py.
 """
 from __future__ import annotations
 
-import hashlib
 import os
-import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -26,14 +24,15 @@ from data_prep.manifest import read_manifest
 from .capture import QKCapture
 from .checkpoint import Checkpointer
 from .checks import check_config, check_tokenizer, mask_id
-from .data import build_loader, tokens_per_language
+from .data import build_loader
 from .ds_config import build_ds_config, resolve_precision
 from .losses import DistillObjective
 from .metrics import Metrics
 from .models import build_student, encoder_of, flops_per_token, load_teacher
 from .optim import build_optimizer, param_groups, scheduler_factory
 from .records import RunRecords
-from .runlock import RunLock, RunLocked  # noqa: F401  (RunLocked: re-exported for distill.py)
+from .runlock import RunLocked, lock_on_rank0  # noqa: F401  (RunLocked: re-exported for distill.py)
+from .step import Stepper, StopRequest
 
 EXIT_PREEMPTED = 75  # checkpoint written after SIGUSR1/SIGTERM: requeue and resume
 EXIT_QUALITY = 4     # checkpoint written, stopped by eval.stop_on_drop
@@ -85,8 +84,7 @@ class Distiller:
         self.device = torch.device("cuda", local) if self.cuda else torch.device("cpu")
         if self.cuda:
             torch.cuda.set_device(self.device)
-        self.lock = RunLock(self.run_dir)
-        self._take_lock(command)
+        self.lock = lock_on_rank0(self.run_dir, self.rank, self.device, command)
         # 2. seed: the models below are built from `run.seed` (identical on every rank); the
         #    per-rank dropout stream is seeded after them (step 5). Data order is seeded apart.
         torch.manual_seed(run.seed)
@@ -115,11 +113,11 @@ class Distiller:
         # restores the per-rank RNG state from the checkpoint)
         torch.manual_seed(run.seed + self.rank)
 
-        # 6. data and live evaluation (their positions are set on resume)
+        # 6. the step (its data position and counters are set on resume) and live evaluation
         self.step = 0
-        self.consumed = 0       # micro-batches this rank has consumed
-        self.bad_steps = 0      # consecutive non-finite micro-batches
-        self.skipped = 0        # all skipped micro-batches of the run
+        self.stop = StopRequest(self.rank, launched="LOCAL_RANK" in self._env_at_start)
+        self.stepper = Stepper(self.engine, self.teacher, self._teacher, self.device, self.world,
+                               cfg.engine.grad_accum, run.max_bad_steps, run.trace, [], self.stop, self._log)
         self.live_eval = None
         if cfg.eval.pairs:
             from .live_eval import LiveEval
@@ -129,14 +127,16 @@ class Distiller:
         # 7. resume: the same command restarts from the latest complete checkpoint
         client = self.ckpt.load(self.engine)
         if client is not None:
-            self.step, self.consumed = client["step"], client["consumed"]
-            self.bad_steps, self.skipped = client.get("bad_steps", 0), client.get("skipped", 0)
+            self.step = client["step"]
+            self.stepper.load_state(client)
             if self.live_eval is not None:
                 self.live_eval.load_state_dict(client.get("eval", {}))
             self._log(f"resumed from {client['tag']} (step {self.step})")
         self.loader, self.stream = build_loader(
             cfg.data, self.manifest["tokenizer"]["pad_id"], run.seed, self.rank, self.world,
-            start_batch=self.consumed, mask_id=mask_id(self.manifest) if cfg.loss.mlm_weight > 0 else None)
+            start_batch=self.stepper.consumed,
+            mask_id=mask_id(self.manifest) if cfg.loss.mlm_weight > 0 else None)
+        self.stepper.languages = self.stream.languages
         if self.stream.parallel is not None:
             par = self.stream.parallel
             self._log(f"data.parallel: {len(par.items)} translation items from the shards "
@@ -151,47 +151,14 @@ class Distiller:
         self.metrics = Metrics(self.run_dir, self.rank, run.max_steps, self.step, run.log_interval,
                                run.progress_bar, self.world,
                                *(flops_per_token(self.teacher, student) if self.cuda else (0.0, 0.0)))
-        self._stop = self._stop_agreed = False
-        # started by a launcher (torchrun, deepspeed, srun): watch it; a plain `python -m` run
-        # under nohup must not stop when its shell goes away
-        self._launcher_pid = os.getppid() if "LOCAL_RANK" in self._env_at_start else None
-        for sig in (signal.SIGUSR1, signal.SIGTERM):
-            signal.signal(sig, self._on_signal)
 
     # ------------------------------------------------------------------ helpers
-    def _take_lock(self, command: str) -> None:
-        error = ""
-        if self.rank == 0:
-            try:
-                self.lock.acquire(command)
-            except RunLocked as e:
-                error = str(e)
-        ok = torch.tensor([0.0 if error else 1.0], device=self.device)
-        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-        if ok.item() < 1:
-            raise RunLocked(error or f"run.output_dir {self.run_dir} is in use by another run (see rank 0)")
-
     def _log(self, msg: str) -> None:
         if self.rank == 0:
             print(f"[distill] {msg}", flush=True)
 
-    def _on_signal(self, signum, _frame) -> None:
-        self._stop = True  # acted on at the next step boundary, on every rank together
-
-    def _stop_requested(self) -> bool:
-        """SIGUSR1/SIGTERM arrived, or the launcher that started this worker died (torchrun
-        starts workers in their own session: a kill -9 of it leaves them training on,
-        racing a rerun of the same command on the same run directory)."""
-        if self._launcher_pid is not None and os.getppid() != self._launcher_pid:
-            if not self._stop:
-                print(f"[distill] rank {self.rank}: launcher (pid {self._launcher_pid}) is gone; "
-                      f"stopping at this step's end", flush=True)
-            self._stop = True
-        return self._stop
-
     def state(self) -> dict:
-        return {"step": self.step, "consumed": self.consumed, "bad_steps": self.bad_steps,
-                "skipped": self.skipped,
+        return {"step": self.step, **self.stepper.state(),
                 "eval": self.live_eval.state_dict() if self.live_eval is not None else {}}
 
     def _teacher(self, batch):
@@ -224,7 +191,7 @@ class Distiller:
             if self.metrics.due(self.step):  # the grad norm is a device value: read it when logged
                 gn = self.engine.get_global_grad_norm()
                 scalars["grad_norm"] = float(gn) if gn is not None else 0.0
-            scalars["data/skipped_batches"] = self.skipped
+            scalars["data/skipped_batches"] = self.stepper.skipped
             self.metrics.step(self.step, scalars, out["tokens"], out["samples"], dt, Counter(out["langs"]))
             self.records.trace(self.step, out["terms"]["total"], out["batch_sha256"])
             alarm = (self.live_eval is not None and self.live_eval.due(self.step, run.max_steps)
@@ -235,7 +202,7 @@ class Distiller:
                           f"{tag} written; exiting with {EXIT_QUALITY}")
                 self.metrics.close()
                 return EXIT_QUALITY
-            if self._stop_agreed:  # every rank saw the same reduced flag in this step
+            if self.stepper.stop_agreed:  # every rank saw the same reduced flag in this step
                 tag = self.ckpt.save(self.engine, self.step, self.state())
                 self._log(f"signal received: checkpoint {tag} written; exiting with {EXIT_PREEMPTED}")
                 self.metrics.close()
@@ -253,56 +220,10 @@ class Distiller:
         return 0
 
     def train_step(self, data_iter) -> dict:
-        """One optimizer step (grad_accum micro-batches). Non-finite micro-batches are skipped
-        on every rank together, counted, and replaced by the next batch.
-
-        Host syncs per micro-batch: one. A single all-reduce of a small float64 vector carries
-        what every rank must agree on — whether the loss is finite everywhere, whether a stop
-        was requested (signal, or the launcher died), and the loss terms (their mean over
-        ranks is what is logged). Token and sample counts come from the batch while it is
-        still on the host; the batch hash (run.trace) is only computed when tracing."""
-        accum = self.cfg.engine.grad_accum
-        terms_sum: dict[str, float] = {}
-        digest = hashlib.sha256() if self.records.trace_on else None
-        tokens = samples = good = 0
-        langs: Counter = Counter()
-        while good < accum:
-            host = next(data_iter)
-            batch = {k: v.to(self.device, non_blocking=True) for k, v in host.items()}
-            self.consumed += 1
-            t_hidden, t_qk = self._teacher(batch)
-            loss, terms = self.engine(batch["input_ids"], batch["attention_mask"], t_hidden, t_qk,
-                                      self.teacher, batch.get("labels"))
-            keys = ["total", *terms]
-            local = torch.stack([(~torch.isfinite(loss)).to(torch.float64),
-                                 torch.tensor(float(self._stop_requested()), dtype=torch.float64, device=self.device),
-                                 *(v.detach().to(torch.float64) for v in (loss, *terms.values()))])
-            dist.all_reduce(local)
-            nonfinite, stop, *values = local.tolist()   # the one host sync of this micro-batch
-            self._stop_agreed = self._stop_agreed or stop > 0
-            if nonfinite > 0:
-                self.bad_steps += 1
-                self.skipped += 1
-                self._log(f"step {self.step + 1}: non-finite loss on {int(nonfinite)} rank(s); batch skipped "
-                          f"({self.bad_steps} in a row)")
-                if self.bad_steps >= self.cfg.run.max_bad_steps:
-                    raise FloatingPointError(f"{self.bad_steps} consecutive non-finite losses "
-                                             f"(run.max_bad_steps); aborting")
-                continue
-            self.bad_steps = 0
-            self.engine.backward(loss)
-            self.engine.step()
-            good += 1
-            for k, v in zip(keys, values):  # the mean over ranks, averaged over the micro-batches
-                terms_sum[k] = terms_sum.get(k, 0.0) + v / self.world / accum
-            if digest is not None:
-                digest.update(host["input_ids"].numpy().tobytes())
-            tokens += int(host["attention_mask"].sum())
-            samples += host["input_ids"].shape[0]
-            langs.update(tokens_per_language(host, self.stream.languages))
+        """One optimizer step (trainer/step.py)."""
+        out = self.stepper.run(data_iter, self.step)
         self.step += 1
-        return {"terms": terms_sum, "tokens": tokens, "samples": samples, "langs": langs,
-                "batch_sha256": digest.hexdigest() if digest is not None else ""}
+        return out
 
     def close(self) -> None:
         """After a successful run: wait for every rank, then shut down (see `shutdown`)."""

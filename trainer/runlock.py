@@ -80,3 +80,21 @@ def _describe(record: str) -> str:
     here = r.get("host") == socket.gethostname()
     state = ("alive" if _alive(int(r["pid"])) else "dead") if here else "on another host"
     return f"pid {r.get('pid')} on {r.get('host')} ({state}), started {r.get('started')}: {r.get('command') or '?'}"
+
+
+def lock_on_rank0(run_dir: Path, rank: int, device, command: str) -> RunLock:
+    """Rank 0 takes the lock; every rank learns the outcome (one all-reduce) and raises the
+    same RunLocked, so no rank trains on while another has stopped."""
+    import torch
+    import torch.distributed as dist
+    lock, error = RunLock(run_dir), ""
+    if rank == 0:
+        try:
+            lock.acquire(command)
+        except RunLocked as e:
+            error = str(e)
+    ok = torch.tensor([0.0 if error else 1.0], device=device)
+    dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    if ok.item() < 1:
+        raise RunLocked(error or f"run.output_dir {run_dir} is in use by another run (see rank 0)")
+    return lock

@@ -1,0 +1,108 @@
+"""One optimizer step of distillation, and the stop request it carries.
+
+StopRequest: SIGUSR1/SIGTERM, or the death of the launcher that started this worker (torchrun
+starts workers in their own session: a kill -9 of it would leave them training on, racing a
+rerun of the same command on the same run directory). Acted on at a step boundary, by every
+rank together.
+
+Stepper.run: grad_accum micro-batches through teacher → student → objective → DeepSpeed.
+Host syncs per micro-batch: one. A single all-reduce of a small float64 vector carries what
+every rank must agree on — whether the loss is finite everywhere, whether a stop was
+requested, and the loss terms (their mean over ranks is what is logged). Token and sample
+counts come from the batch while it is still on the host; the batch hash (run.trace) is only
+computed when tracing. A non-finite micro-batch is skipped on every rank together, counted,
+and replaced by the next batch; run.max_bad_steps in a row abort.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+from collections import Counter
+
+import torch
+import torch.distributed as dist
+
+from .data import tokens_per_language
+
+
+class StopRequest:
+    def __init__(self, rank: int, launched: bool):
+        self.rank, self.flag = rank, False
+        # only under a launcher: a plain `python -m` run under nohup must outlive its shell
+        self.launcher_pid = os.getppid() if launched else None
+        for sig in (signal.SIGUSR1, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, _frame) -> None:
+        self.flag = True
+
+    def requested(self) -> bool:
+        if self.launcher_pid is not None and not self.flag and os.getppid() != self.launcher_pid:
+            print(f"[distill] rank {self.rank}: launcher (pid {self.launcher_pid}) is gone; stopping at "
+                  f"this step's end", flush=True)
+            self.flag = True
+        return self.flag
+
+
+class Stepper:
+    def __init__(self, engine, teacher, teacher_forward, device, world: int, grad_accum: int, max_bad_steps: int,
+                 trace: bool, languages: list[str], stop: StopRequest, log):
+        self.engine, self.teacher, self.teacher_forward = engine, teacher, teacher_forward
+        self.device, self.world = device, world
+        self.grad_accum, self.max_bad_steps, self.trace = grad_accum, max_bad_steps, trace
+        self.languages, self.stop, self.log = languages, stop, log
+        self.consumed = 0       # micro-batches this rank has consumed (the data position)
+        self.bad_steps = 0      # consecutive non-finite micro-batches
+        self.skipped = 0        # all skipped micro-batches of the run
+        self.stop_agreed = False
+
+    def state(self) -> dict:
+        return {"consumed": self.consumed, "bad_steps": self.bad_steps, "skipped": self.skipped}
+
+    def load_state(self, client: dict) -> None:
+        self.consumed = client["consumed"]
+        self.bad_steps, self.skipped = client.get("bad_steps", 0), client.get("skipped", 0)
+
+    def run(self, data_iter, step: int) -> dict:
+        """Optimizer step `step` + 1: returns the logged terms and this rank's counts."""
+        terms_sum: dict[str, float] = {}
+        digest = hashlib.sha256() if self.trace else None
+        tokens = samples = good = 0
+        langs: Counter = Counter()
+        while good < self.grad_accum:
+            host = next(data_iter)
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in host.items()}
+            self.consumed += 1
+            t_hidden, t_qk = self.teacher_forward(batch)
+            loss, terms = self.engine(batch["input_ids"], batch["attention_mask"], t_hidden, t_qk,
+                                      self.teacher, batch.get("labels"))
+            keys = ["total", *terms]
+            local = torch.stack([(~torch.isfinite(loss)).to(torch.float64),
+                                 torch.tensor(float(self.stop.requested()), dtype=torch.float64, device=self.device),
+                                 *(v.detach().to(torch.float64) for v in (loss, *terms.values()))])
+            dist.all_reduce(local)
+            nonfinite, stop, *values = local.tolist()   # the one host sync of this micro-batch
+            self.stop_agreed = self.stop_agreed or stop > 0
+            if nonfinite > 0:
+                self.bad_steps += 1
+                self.skipped += 1
+                self.log(f"step {step + 1}: non-finite loss on {int(nonfinite)} rank(s); batch skipped "
+                         f"({self.bad_steps} in a row)")
+                if self.bad_steps >= self.max_bad_steps:
+                    raise FloatingPointError(f"{self.bad_steps} consecutive non-finite losses "
+                                             f"(run.max_bad_steps); aborting")
+                continue
+            self.bad_steps = 0
+            self.engine.backward(loss)
+            self.engine.step()
+            good += 1
+            for k, v in zip(keys, values):  # the mean over ranks, averaged over the micro-batches
+                terms_sum[k] = terms_sum.get(k, 0.0) + v / self.world / self.grad_accum
+            if digest is not None:
+                digest.update(host["input_ids"].numpy().tobytes())
+            tokens += int(host["attention_mask"].sum())
+            samples += host["input_ids"].shape[0]
+            langs.update(tokens_per_language(host, self.languages))
+        return {"terms": terms_sum, "tokens": tokens, "samples": samples, "langs": langs,
+                "batch_sha256": digest.hexdigest() if digest is not None else ""}
