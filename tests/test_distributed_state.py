@@ -289,3 +289,26 @@ def test_every_tensorboard_tag_in_the_readme_exists(shards, tmp_path):
     assert "data/skipped_batches" in want and "eval/retrieval/mean" in want, want
     missing = {t.replace("<lang>", "de") for t in want - gpu_only} - have
     assert not missing, f"README names tags no run writes: {sorted(missing)} (have {sorted(have)})"
+
+
+@pytest.mark.slow
+def test_partial_latest_checkpoint_falls_back_under_torchrun(shards, tmp_path):
+    """2 ranks: the newest checkpoint lost its marker (a crash while writing) → the rerun
+    resumes from the one before, with a warning, and reaches the same losses; a lost per-rank
+    RNG file is an error naming it."""
+    out = tmp_path / "run"
+    common = ["--run.save_interval=3", "--run.export=false", "--run.keep_checkpoints=3"]
+    code, log = finish(launch("torchrun", out, shards, "--run.max_steps=6", *common))
+    assert code == 0, log[-3000:]
+    full = {r: trace(out, r) for r in (0, 1)}
+    (out / "checkpoints" / "step00000006" / "complete").unlink()
+    for r in (0, 1):  # forget what the lost steps wrote, so the rerun's trace can be compared
+        lines = (out / f"trace_rank{r}.jsonl").read_text().splitlines()[:3]
+        (out / f"trace_rank{r}.jsonl").write_text("\n".join(lines) + "\n")
+    code, log = finish(launch("torchrun", out, shards, "--run.max_steps=6", *common))
+    assert code == 0 and "which is incomplete" in log and "resumed from step00000003" in log, log[-3000:]
+    for r in (0, 1):
+        assert trace(out, r) == full[r], f"rank {r}: the resumed run differs"
+    (out / "checkpoints" / "step00000006" / "rng_rank1.pt").unlink()
+    code, log = finish(launch("torchrun", out, shards, "--run.max_steps=8", *common))
+    assert code != 0 and "rng_rank1.pt is missing" in log, log[-3000:]
