@@ -383,6 +383,7 @@ def test_teacher_directory_with_another_tokenizer_is_refused(shards, tmp_path):
     code, log = finish(launch("python", tmp_path / "no", shards, f"--teacher.name_or_path={bad}",
                               "--teacher.random_init={}", "--run.max_steps=2", nproc=1))
     assert code == 2 and "differs from the teacher's own tokenizer" in log, log[-3000:]
+    assert (tmp_path / "no" / ".lock").read_text() == "", "a failed start must release the run lock"
 
 
 @pytest.mark.slow

@@ -85,6 +85,16 @@ class Distiller:
         if self.cuda:
             torch.cuda.set_device(self.device)
         self.lock = lock_on_rank0(self.run_dir, self.rank, self.device, command)
+        try:
+            self._build(cfg, command)
+        except BaseException:  # a bad teacher/data/checkpoint: the lock must not look abandoned
+            self.lock.release()
+            raise
+
+    def _build(self, cfg: DistillConfig, command: str) -> None:
+        """Steps 2–8 of the build order (after the lock is held)."""
+        import deepspeed
+        run = cfg.run
         # 2. seed: the models below are built from `run.seed` (identical on every rank); the
         #    per-rank dropout stream is seeded after them (step 5). Data order is seeded apart.
         torch.manual_seed(run.seed)
