@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import os
 import subprocess
 import sys
@@ -31,8 +30,12 @@ NEEDED = {"deepspeed": "bench_step", "webdataset": "tests", "liger_kernel": "ben
           "yaml": "configs", "transformers": "models", "triton": "kernels", "pytest": "tests"}
 
 
-def missing_modules() -> list[str]:
-    return [m for m in NEEDED if importlib.util.find_spec(m) is None]
+def missing_modules(env: dict) -> list[str]:
+    """The needed modules the steps' python (with `env`'s PYTHONPATH) cannot import."""
+    code = ("import importlib.util, sys; print(' '.join(m for m in sys.argv[1:] "
+            "if importlib.util.find_spec(m) is None))")
+    r = subprocess.run([sys.executable, "-c", code, *NEEDED], env=env, capture_output=True, text=True)
+    return r.stdout.split()
 
 
 def install_carried_wheels(env: dict) -> str:
@@ -46,9 +49,7 @@ def install_carried_wheels(env: dict) -> str:
                        capture_output=True, text=True)
     if r.returncode != 0:
         return f"installing .whl/ failed: {r.stderr.strip()[-500:]}"
-    env["PYTHONPATH"] = os.pathsep.join([str(target), str(REPO), env.get("PYTHONPATH", "")])
-    sys.path.insert(0, str(target))
-    importlib.invalidate_caches()
+    env["PYTHONPATH"] = os.pathsep.join([str(target), env.get("PYTHONPATH", "")])
     return f"installed {len(wheels)} carried wheels into {target}"
 
 
@@ -96,9 +97,10 @@ def main(argv=None) -> int:
         return 0
     lines.append(f"- device: {torch.cuda.get_device_name()} (sm_{''.join(map(str, torch.cuda.get_device_capability()))}, "
                  f"{torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB)")
-    if missing_modules():
-        lines.append(f"- missing {missing_modules()}: {install_carried_wheels(env)}")
-    still = missing_modules()
+    missing = missing_modules(env)
+    if missing:
+        lines.append(f"- missing {missing}: {install_carried_wheels(env)}")
+    still = missing_modules(env) if missing else []
     if still:
         lines.append(f"- still missing: {still} (" + ", ".join(NEEDED[m] for m in still) + " affected)")
     py = sys.executable

@@ -6,8 +6,8 @@ hang the others): its share of each language — whole shards when a language ha
 shard per stream, every S-th sample otherwise — read epoch after epoch in a seeded shard
 order through a seeded shuffle buffer, and mixed by a seeded draw of the language for every
 sample (optionally grouped by length into batches, optionally with translation pairs — the
-shards' pre-tokenised pair shards — riding along). The DataLoader hands out batches round-robin over its workers, so the data position
-is one number, the micro-batches this rank has consumed; on resume worker w plays the role
+shards' pre-tokenised pair shards — riding along). The DataLoader hands out batches
+round-robin over its workers, so the data position is one number, the micro-batches this rank has consumed; on resume worker w plays the role
 of the worker that was next in line, and each role skips the batches it had produced.
 """
 from __future__ import annotations
@@ -66,7 +66,9 @@ def read_samples(shard: Shard, verify: str = "count") -> Iterator[np.ndarray]:
         ids = fields.get("input_ids.npy")
         if ids is None:
             raise ShardError(f"{shard.url}: sample {key} has no input_ids.npy")
-        yield npy_array(ids, shard.url)
+        # a copy: a view would keep the whole shard's buffer alive while the sample waits in
+        # the shuffle buffer (several shards per language per worker)
+        yield npy_array(ids, shard.url).copy()
 
 
 def plan_streams(manifest: dict, root: str, languages: list[str], n_streams: int, sid: int) -> dict[str, StreamPlan]:
