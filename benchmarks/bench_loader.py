@@ -7,7 +7,7 @@ process, over the same shards:
                 the baseline the issue set (goal: our reader ≥ 0.8× of it)
   reader        data_prep.tarreader: whole-shard validation (structure + sample count) and
                 `.npy` decoding, i.e. what training gets
-  stream        trainer.data.MixedStream in this process: reading, shuffle buffer, language
+  stream        trainer.data.MixedStream in this process: reading, windowed shuffle, language
                 mixing, padding into micro-batches (group_by_length 0 and 32)
   dataloader    the same stream through torch's DataLoader with 1, 2 and 4 worker processes
 Samples/s and real (non-padding) tokens/s, for one-segment shards (the demo's: `--shards`,
@@ -58,7 +58,7 @@ def bench_stream(root: Path, group: int, workers: int, seconds: float, batch: in
     from trainer.data import build_loader
     cfg = DataConfig(shards=str(root), micro_batch_size=batch, num_workers=workers, shuffle_buffer=1000,
                      group_by_length=group)
-    loader, _ = build_loader(cfg, read_manifest(root)["tokenizer"]["pad_id"], 1234, 0, 1)
+    loader = build_loader(cfg, read_manifest(root)["tokenizer"]["pad_id"], 1234, 0, 1)
     it = iter(loader)
     for _ in range(max(2, 2 * workers)):  # start-up (workers forking, first shards) excluded
         next(it)

@@ -167,8 +167,9 @@ class RunConfig:
     progress_bar: bool = True
     """A tqdm progress bar on rank 0 (off automatically when stderr is not a terminal)."""
     trace: bool = False
-    """Write `trace_rank<r>.jsonl`: every step's exact loss and a hash of its batches (for
-    checking determinism and exact resume)."""
+    """Write `trace_rank<r>.jsonl`: every step's exact loss, a hash of its batches and the
+    (language, epoch, sample id) of every sample row (for checking determinism, exact resume
+    and that each sample is used once per epoch)."""
 
     def __post_init__(self) -> None:
         for key in ("max_steps", "log_interval"):
@@ -303,7 +304,8 @@ class DataConfig:
     num_workers: int = 2
     """DataLoader worker processes per rank."""
     shuffle_buffer: int = 1000
-    """Seeded shuffle buffer per language stream."""
+    """Shuffle window: each epoch's order of a language is its shards in a seeded order,
+    shuffled within windows of this many consecutive samples (a seeded permutation each)."""
     group_by_length: int = 0
     """G > 1: sort the samples of G micro-batches by length and batch neighbours together (the
     batches then come in a seeded random order). Cuts padding on short, varied texts (demo
@@ -319,6 +321,11 @@ class DataConfig:
     mlm_probability: float = 0.15
     """With loss.mlm_weight > 0: share of real tokens selected for MLM (80% [MASK], 10% random,
     10% kept), seeded like the data order."""
+    reset_position: bool = False
+    """On resume, start the data at a fresh epoch instead of the checkpoint's position. Needed
+    only when the shards, run.seed, shuffle_buffer or the languages changed since the
+    checkpoint (the resume stops and says so); another world size, worker count, micro-batch
+    size or grad_accum needs nothing: the samples the epoch has left are re-split exactly."""
 
     def __post_init__(self) -> None:
         if self.micro_batch_size < 1 or self.num_workers < 0 or self.shuffle_buffer < 1 \

@@ -72,12 +72,23 @@ def test_gpu_check_skips_cleanly_without_a_gpu(tmp_path):
     assert "skipped: no CUDA device" in (tmp_path / "report.md").read_text()
 
 
-@pytest.mark.slow
-def test_bench_loader_tiny(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "benchmarks.bench_loader", "--tiny", "--out", str(tmp_path)],
+def tiny_csv(script: str, tmp_path) -> list[dict]:
+    """Run `python -m benchmarks.<script> --tiny` and read the CSV it wrote."""
+    r = subprocess.run([sys.executable, "-m", f"benchmarks.{script}", "--tiny", "--out", str(tmp_path)],
                        cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    rows = list(csv.DictReader(open(tmp_path / "bench_loader.csv")))
+    return list(csv.DictReader(open(tmp_path / f"{script}.csv")))
+
+
+@pytest.mark.slow
+def test_bench_loader_tiny(tmp_path):
+    rows = tiny_csv("bench_loader", tmp_path)
     assert {row["shards"] for row in rows} == {"one-segment", "packed"}
     assert {row["loader"].split(" ")[0] for row in rows} == {"tarfile", "reader", "stream", "dataloader"}
     assert all(float(row["samples_s"]) > 0 for row in rows)
+
+
+def test_bench_resume_tiny(tmp_path):
+    rows = tiny_csv("bench_resume", tmp_path)   # (it also checks that restore and replay agree)
+    assert [int(row["steps"]) for row in rows] == [10, 50]
+    assert all(float(row["stateful_s"]) > 0 and float(row["replay_s"]) > 0 for row in rows)

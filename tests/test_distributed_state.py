@@ -18,13 +18,13 @@ from tests.test_trainer import CONFIG, REPO, env, finish, launch, shards, trace 
 
 
 # ---------------------------------------------------------------------------- checkpoints
-def make_ckpt(root: Path, step: int, complete=True, rng=True):
+def make_ckpt(root: Path, step: int, complete=True, rng=True, world=1):
     d = root / "checkpoints" / f"step{step:08d}"
     d.mkdir(parents=True)
     if rng:
         (d / "rng_rank0.pt").write_bytes(b"x")
     if complete:
-        (d / "complete").write_text(json.dumps({"step": step, "world_size": 1}))
+        (d / "complete").write_text(json.dumps({"step": step, "world_size": world}))
     return d
 
 
@@ -67,10 +67,10 @@ def test_checkpoints_from_before_the_marker_still_resume(tmp_path):
 
 def test_missing_rng_file_of_a_rank_is_an_error(tmp_path, monkeypatch):
     from trainer import checkpoint as C
-    make_ckpt(tmp_path, 10)
+    make_ckpt(tmp_path, 10, world=2)
     pointer(tmp_path, 10)
     monkeypatch.setattr(C.dist, "get_world_size", lambda: 2)
-    with pytest.raises(C.CheckpointError, match=r"rng_rank1.pt is missing: step00000010 was written by 1 rank"):
+    with pytest.raises(C.CheckpointError, match=r"rng_rank1.pt is missing: step00000010 was written by 2 rank"):
         C.Checkpointer(tmp_path, 2, 1).load(engine=None)
 
 

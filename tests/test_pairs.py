@@ -102,13 +102,13 @@ def test_bad_pair_files_are_named(tmp_path):
         shard(tmp_path / "c", write_pairs(tmp_path / "fr.jsonl", PAIRS[2:3]))
 
 
-def parallel_stream(shards, pairs=3, start_batch=0, group=0, languages=None):
+def parallel_stream(shards, pairs=3, group=0, languages=None):
     from trainer.data import MixedStream
     cfg = DataConfig(shards=str(shards), micro_batch_size=4, num_workers=0, shuffle_buffer=20,
                      parallel=True, parallel_pairs=pairs, group_by_length=group)
     manifest = read_manifest(shards)
     weights = {k: 1.0 for k in (languages or manifest["languages"])}
-    return MixedStream(cfg, manifest, weights, pad_id=0, seed=3, rank=0, world=1, start_batch=start_batch)
+    return MixedStream(cfg, manifest, weights, pad_id=0, seed=3, rank=0, world=1)
 
 
 def rows(batch):
@@ -147,9 +147,11 @@ def test_training_languages_filter_the_pairs(pair_shards):
 def test_parallel_stream_resumes_exactly(pair_shards):
     out, _, _ = pair_shards
     full = list(itertools.islice(iter(parallel_stream(out, group=2)), 9))
-    resumed = list(itertools.islice(iter(parallel_stream(out, group=2, start_batch=5)), 4))
-    for a, b in zip(full[5:], resumed):
-        assert a["input_ids"].equal(b["input_ids"])
+    from tests.test_data import resumed
+    again = resumed(lambda: parallel_stream(out, group=2), 5, 4)
+    assert len(again) == 4
+    for a, b in zip(full[5:], again):
+        assert a["input_ids"].equal(b["input_ids"]) and a["lang"].equal(b["lang"])
 
 
 def test_trainer_errors_without_pairs_or_english(pair_shards, tmp_path):

@@ -115,15 +115,17 @@ def test_zero_stages_train_and_loss_decreases(shards, tmp_path, launcher, stage)
 
 
 @pytest.mark.slow
-def test_exact_resume_after_sigkill(shards, tmp_path):
+@pytest.mark.parametrize("shape", [[], ["--data.num_workers=2", "--engine.grad_accum=2", "--data.group_by_length=3"]],
+                         ids=["1worker", "2workers-accum2-grouped"])
+def test_exact_resume_after_sigkill(shards, tmp_path, shape):
     n = 10
     a = tmp_path / "a"
     code, log = finish(launch("torchrun", a, shards, "--run.max_steps=20", f"--run.save_interval={n}",
-                              "--run.export=false"))
+                              "--run.export=false", *shape))
     assert code == 0, log[-3000:]
     b = tmp_path / "b"
     p = launch("torchrun", b, shards, "--run.max_steps=20", f"--run.save_interval={n}",
-               "--run.export=false")
+               "--run.export=false", *shape)
     deadline = time.time() + 300
     while time.time() < deadline:  # kill after step n + 3: the last checkpoint is step n
         if (b / "trace_rank0.jsonl").exists() and len(trace(b)) >= n + 3:
@@ -135,9 +137,9 @@ def test_exact_resume_after_sigkill(shards, tmp_path):
     assert n < killed_at < 20, killed_at
     assert (b / "checkpoints" / "latest").read_text() == f"step{n:08d}"
     code, log = finish(launch("torchrun", b, shards, "--run.max_steps=20", f"--run.save_interval={n}",
-                              "--run.export=false"))
+                              "--run.export=false", *shape))
     assert code == 0, log[-3000:]
-    assert "resumed from step00000010" in log
+    assert "resumed from step00000010" in log and "elastic" not in log
     for rank in (0, 1):
         ta, tb = trace(a, rank), trace(b, rank)
         resumed = [r for r in tb if r["step"] > n][-(20 - n):]   # the restarted run's steps

@@ -1,6 +1,8 @@
-"""Checkpoints: DeepSpeed engine state + our client state (step, data position, world size)
-+ per-rank RNG states; keep the last K; a `complete` marker and then the `latest` pointer,
-written only after every rank finished.
+"""Checkpoints: DeepSpeed engine state + our client state (step, counters, the data position
+and job shape of trainer/data_state.py) + per-rank RNG states; keep the last K; a `complete`
+marker (step, world size) and then the `latest` pointer, written only after every rank
+finished. Another world size may resume (ZeRO-1/2 save elastic optimizer partitions; the
+data is re-split): the RNG states then start anew per rank.
 
 Layout: <run>/checkpoints/step00000100/ (DeepSpeed's files, rng_rank{r}.pt, complete),
 <run>/checkpoints/latest. Resuming never silently starts over: a `latest` naming a missing or
@@ -13,6 +15,7 @@ import json
 import os
 import random
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -74,8 +77,7 @@ class Checkpointer:
     def save(self, engine, step: int, client_state: dict) -> str:
         tag = f"step{step:08d}"
         world = dist.get_world_size()
-        engine.save_checkpoint(str(self.dir), tag=tag, client_state={**client_state, "world_size": world},
-                               save_latest=False)
+        engine.save_checkpoint(str(self.dir), tag=tag, client_state=client_state, save_latest=False)
         torch.save(_rng_state(), self.dir / tag / f"rng_rank{self.rank}.pt")
         dist.barrier()  # every rank's shards are on disk before the marker and the pointer
         if self.rank == 0:
@@ -89,20 +91,58 @@ class Checkpointer:
         dist.barrier()
         return tag
 
+    def _saved_world(self, tag: str) -> int:
+        d = self.dir / tag
+        return json.loads((d / "complete").read_text()).get("world_size", dist.get_world_size()) \
+            if _complete(d) else dist.get_world_size()
+
+    def reshape(self) -> bool:
+        """Before the engine exists (every rank): True when the checkpoint to resume was written
+        by another number of ranks. Rank 0 then converts it once into DeepSpeed's universal
+        form (<tag>/universal, ds_to_universal), which the engine must load with
+        `checkpoint.load_universal` to re-partition the optimizer state."""
+        tag = self.latest()
+        if tag is None or self._saved_world(tag) == dist.get_world_size():
+            return False
+        out = self.dir / tag / "universal"
+        error = None
+        if self.rank == 0 and not (out / "mp_rank_00_model_states.pt").is_file():
+            tmp = self.dir / tag / "universal.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            print(f"[checkpoint] {tag} was written by {self._saved_world(tag)} rank(s), this run has "
+                  f"{dist.get_world_size()}: converting it to DeepSpeed's universal form", flush=True)
+            p = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+                                str(self.dir / tag), "--output_folder", str(tmp), "--num_extract_workers", "1",
+                                "--num_merge_workers", "1"], capture_output=True, text=True)
+            if p.returncode != 0:
+                error = f"converting {self.dir / tag} for {dist.get_world_size()} rank(s) failed: " \
+                        + (p.stderr or p.stdout)[-2000:]
+            else:
+                os.replace(tmp, out)
+        box = [error]
+        dist.broadcast_object_list(box, src=0)  # every rank fails together, none waits forever
+        if box[0]:
+            raise CheckpointError(box[0])
+        return True
+
     def load(self, engine) -> dict | None:
-        """Restore the checkpoint `latest()` picks into `engine`; returns its client state."""
+        """Restore the checkpoint `latest()` picks into `engine`; returns its client state plus
+        `tag` and `saved_world`. Written by another number of ranks (see `reshape`): loaded
+        from its universal form, and the RNG states are not restored (there is none for a new
+        rank; the caller seeds them)."""
         tag = self.latest()
         if tag is None:
             return None
         rng = self.dir / tag / f"rng_rank{self.rank}.pt"
-        marker = json.loads((self.dir / tag / "complete").read_text()) if _complete(self.dir / tag) else {}
-        if not rng.is_file():
-            raise CheckpointError(f"{rng} is missing: {tag} was written by {marker.get('world_size', '?')} "
-                                  f"rank(s), this run has {dist.get_world_size()}; resume with the same "
-                                  f"number of ranks")
-        path, client = engine.load_checkpoint(str(self.dir), tag=tag, load_optimizer_states=True,
+        world, saved_world = dist.get_world_size(), self._saved_world(tag)
+        if saved_world == world and not rng.is_file():
+            raise CheckpointError(f"{rng} is missing: {tag} was written by {saved_world} rank(s) like this "
+                                  f"run, and each must have saved its RNG state")
+        where, name = (self.dir, tag) if saved_world == world else (self.dir / tag, "universal")
+        path, client = engine.load_checkpoint(str(where), tag=name, load_optimizer_states=True,
                                               load_lr_scheduler_states=True)
         if path is None:
-            raise CheckpointError(f"cannot load checkpoint {self.dir / tag}")
-        _set_rng_state(torch.load(rng, weights_only=False))
-        return {**(client or {}), "tag": tag}
+            raise CheckpointError(f"cannot load checkpoint {where / name}")
+        if saved_world == world:
+            _set_rng_state(torch.load(rng, weights_only=False))
+        return {**(client or {}), "tag": tag, "saved_world": saved_world}

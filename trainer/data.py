@@ -1,21 +1,24 @@
 """Training batches from data_prep shards: per-language streams mixed by q_i ∝ p_i^α, split
-across ranks and DataLoader workers, seeded shuffling, padding per batch, exact resume.
+across ranks and DataLoader workers, seeded shuffling, padding per batch, stateful resume.
 
 Every (rank, worker) pair owns one deterministic, endless stream (no rank can run out and
-hang the others): its share of each language — whole shards when a language has at least one
-shard per stream, every S-th sample otherwise — read epoch after epoch in a seeded shard
-order through a seeded shuffle buffer, and mixed by a seeded draw of the language for every
-sample (optionally grouped by length into batches, optionally with translation pairs — the
-shards' pre-tokenised pair shards — riding along). The DataLoader hands out batches
-round-robin over its workers, so the data position is one number, the micro-batches this rank has consumed; on resume worker w plays the role
-of the worker that was next in line, and each role skips the batches it had produced.
+hang the others). Which samples a stream reads is trainer/sampler.py's plan: per language, a
+contiguous slice of every epoch's seeded order, the slices of all streams partitioning the
+epoch exactly. The stream mixes its languages by a seeded draw per sample, optionally groups
+G·B samples by length into G batches, optionally adds translation pairs (the shards'
+pre-tokenised pair shards), and pads. All its randomness is keyed by counters (the mix draw,
+the pool, the batch), so its whole position is a few integers per language plus the
+not-yet-handed-out part of the current pool: every batch carries that state, the
+`StatefulLoader` keeps the state of the last batch the trainer consumed from each stream,
+and a resume restores it without replaying anything (trainer/data_state.py: the checkpoint
+side, elastic resume). The DataLoader hands out batches round-robin over its workers; on
+resume worker w plays the stream that was next in line.
 """
 from __future__ import annotations
 
 import hashlib
 import random
-from collections import Counter
-from dataclasses import dataclass
+from collections import Counter, OrderedDict
 from typing import Iterator
 
 import numpy as np
@@ -27,25 +30,13 @@ from data_prep.manifest import read_manifest, shard_url
 from data_prep.sampling import smoothed_probabilities
 from data_prep.tarreader import ShardError, load_shard, npy_array
 
+from .sampler import Cursor, LanguageOrder, Shard
+
+MIX_BLOCK = 1024   # language draws per seeded block (the mix state is a draw counter)
+
 
 class DataError(ValueError):
-    """Unusable training data (raised before any process group work)."""
-
-
-@dataclass(frozen=True)
-class Shard:
-    url: str
-    samples: int
-    sha256: str
-
-
-@dataclass(frozen=True)
-class StreamPlan:
-    """What one (rank, role) stream reads of one language."""
-    shards: tuple[Shard, ...]
-    stride: int   # keep every stride-th sample ...
-    offset: int   # ... starting at this one (stride 1: whole shards)
-    samples: int
+    """Unusable training data or data state (raised before any process group work)."""
 
 
 _VERIFIED: set[str] = set()  # shards whose sha256 this process has checked (data.verify: sha256)
@@ -60,36 +51,28 @@ def shard_samples(shard: Shard, verify: str = "count") -> list[tuple[str, dict]]
     return out
 
 
-def read_samples(shard: Shard, verify: str = "count") -> Iterator[np.ndarray]:
-    """input_ids of each sample of one shard, in order."""
+def read_samples(shard: Shard, verify: str = "count") -> list[np.ndarray]:
+    """input_ids of each sample of one shard, in order (views into the shard's bytes)."""
+    out = []
     for key, fields in shard_samples(shard, verify):
         ids = fields.get("input_ids.npy")
         if ids is None:
             raise ShardError(f"{shard.url}: sample {key} has no input_ids.npy")
-        # a copy: a view would keep the whole shard's buffer alive while the sample waits in
-        # the shuffle buffer (several shards per language per worker)
-        yield npy_array(ids, shard.url).copy()
+        out.append(npy_array(ids, shard.url))
+    return out
 
 
-def plan_streams(manifest: dict, root: str, languages: list[str], n_streams: int, sid: int) -> dict[str, StreamPlan]:
-    plans = {}
-    for lang in languages:
-        shards = [Shard(shard_url(root, s["path"]), s["samples"], s["sha256"])
-                  for s in manifest["languages"][lang]["shards"]]
-        if len(shards) >= n_streams:
-            mine = tuple(shards[i] for i in range(sid, len(shards), n_streams))
-            plans[lang] = StreamPlan(mine, 1, 0, sum(s.samples for s in mine))
-        else:
-            total = sum(s.samples for s in shards)
-            plans[lang] = StreamPlan(tuple(shards), n_streams, sid, max(0, -(-(total - sid) // n_streams)))
-    return plans
+def language_orders(manifest: dict, root: str, languages: list[str], seed: int, window: int
+                    ) -> dict[str, LanguageOrder]:
+    return {lang: LanguageOrder(lang, [Shard(shard_url(root, s["path"]), s["samples"], s["sha256"])
+                                       for s in manifest["languages"][lang]["shards"]], seed, window)
+            for lang in languages}
 
 
 class ParallelPairs:
     """The translation pairs of a data_prep output (manifest entry `parallel`, written by
     data_prep.parallel from `input.parallel`): items of (English ids, [(language, ids), ...]),
-    restricted to the training languages. Each draw is `pairs` items with one of their
-    translations each."""
+    restricted to the training languages. A draw is `pairs` (item, translation) indices."""
 
     def __init__(self, manifest: dict, root: str, languages: list[str], verify: str = "count"):
         entry = manifest.get("parallel")
@@ -113,73 +96,156 @@ class ParallelPairs:
         if not self.items:
             raise DataError(f"data.parallel: no pairs into the training languages {sorted(allowed)} in {root}")
 
-    def draw(self, rng: random.Random, pairs: int) -> list[tuple[np.ndarray, str, np.ndarray]]:
-        """`pairs` × (English ids, language, translation ids)."""
+    def draw(self, rng: random.Random, pairs: int) -> list[list[int]]:
         out = []
         for _ in range(pairs):
-            en, trs = self.items[rng.randrange(len(self.items))]
-            lang, ids = rng.choice(trs)
-            out.append((en, lang, ids))
+            item = rng.randrange(len(self.items))
+            out.append([item, rng.randrange(len(self.items[item][1]))])
         return out
+
+    def get(self, ref: list[int]) -> tuple[np.ndarray, str, np.ndarray]:
+        """(English ids, language, translation ids) of one drawn reference."""
+        en, trs = self.items[ref[0]]
+        return (en, *trs[ref[1]])
+
+
+class Stream:
+    """One (rank, worker) stream: its cursors, mix, pool and their state (see the module
+    docstring). Yields (batch, position): the position is small — the batch counter and how
+    far into the current pool — except with the first batch of a pool, which also carries
+    the pool's `fill` snapshot (the cursors and mix after filling it, and its batches'
+    sample references); `full_state` turns the two into a checkpointable state."""
+
+    def __init__(self, ds: "MixedStream", sid: int, state: dict | None = None):
+        self.ds, self.sid = ds, sid
+        streams = ds.world * ds.workers
+        state = state or {}
+        self.key = f"{ds.seed}/{ds.gen}/{sid}"
+        self.cursors = [Cursor(ds.orders[lang].n, streams, sid, state.get("cursors", {}).get(lang))
+                        for lang in ds.languages]
+        if not any(c.available() for c in self.cursors):
+            raise DataError(f"stream {sid}: no samples (too few for {ds.world} ranks × {ds.workers} workers)")
+        self.drawn, self.pools, self.batches = (state.get(k, 0) for k in ("drawn", "pools", "batches"))
+        self.pool: list = [(g, None) for g in state.get("pool", [])]  # (refs, rows or None: read again)
+        self.next = 0                                                   # next batch of the pool
+        self.fill = self._snapshot() if self.pool else None            # sent with the pool's first batch
+        self.cache: list[OrderedDict] = [OrderedDict() for _ in ds.languages]  # per language: url → samples
+        self._block: tuple[int, list[int]] = (-1, [])
+
+    def _snapshot(self) -> dict:
+        return {"drawn": self.drawn, "pools": self.pools, "pool": [refs for refs, _ in self.pool],
+                "cursors": {lang: c.state() for lang, c in zip(self.ds.languages, self.cursors)}}
+
+    def _draw(self) -> int:
+        """The language of the next sample: a seeded draw among those this stream can read."""
+        while True:
+            block, i = divmod(self.drawn, MIX_BLOCK)
+            if self._block[0] != block:
+                rng = random.Random(f"{self.key}/mix/{block}")
+                self._block = (block, rng.choices(range(len(self.ds.languages)), self.ds.mix, k=MIX_BLOCK))
+            self.drawn += 1
+            li = self._block[1][i]
+            if self.cursors[li].available():
+                return li
+
+    def _sample(self, li: int, epoch: int, pos: int) -> tuple[np.ndarray, int]:
+        """(input_ids, sample id) at a position of a language's epoch order."""
+        order = self.ds.orders[self.ds.languages[li]]
+        k, index, sample_id = order.locate(epoch, pos)
+        shard, cache = order.shards[k], self.cache[li]
+        if shard.url not in cache:
+            cache[shard.url] = read_samples(shard, self.ds.cfg.verify)
+            if len(cache) > 2:  # a shuffle window spans at most two shards of usual size
+                cache.popitem(last=False)
+        cache.move_to_end(shard.url)
+        # a copy: a view would keep the whole shard alive as long as the batch
+        return cache[shard.url][index].copy(), sample_id
+
+    def _rows(self, samples: list, pair_refs: list) -> list[tuple[int, np.ndarray, list | None]]:
+        """(language index, ids, [language, epoch, sample id] or None) of a batch's rows: its
+        samples ((ref, ids, sample id) each), then with data.parallel the English side and the
+        translation of each pair."""
+        rows = [(r[0], ids, [r[0], r[1], sample_id]) for r, ids, sample_id in samples]
+        pairs = [self.ds.parallel.get(r) for r in pair_refs]
+        rows += [(self.ds.index["en"], en, None) for en, _, _ in pairs]
+        rows += [(self.ds.index[lang], ids, None) for _, lang, ids in pairs]
+        return rows
+
+    def _fill(self) -> None:
+        """The next pool: B·G samples (and G·K pairs) cut into G batches; with G > 1 sorted by
+        length first (neighbours together) and handed out in a seeded random order."""
+        B, G, K = self.ds.cfg.micro_batch_size, self.ds.group, self.ds.pairs
+        samples = []
+        for _ in range(B * G):
+            li = self._draw()
+            ref = [li, *self.cursors[li].take()]
+            samples.append((ref, *self._sample(*ref)))
+        pairs = self.ds.parallel.draw(random.Random(f"{self.key}/parallel/{self.pools}"), K * G) if K else []
+        if G > 1:
+            samples.sort(key=lambda s: len(s[1]))  # stable
+            pairs.sort(key=lambda r: max(len(self.ds.parallel.get(r)[0]), len(self.ds.parallel.get(r)[2])))
+        groups = [(samples[i * B:(i + 1) * B], pairs[i * K:(i + 1) * K]) for i in range(G)]
+        if G > 1:
+            random.Random(f"{self.key}/group/{self.pools}").shuffle(groups)
+        self.pools += 1
+        self.pool = [({"s": [r for r, _, _ in s], "p": p}, self._rows(s, p)) for s, p in groups]
+        self.next = 0
+        self.fill = self._snapshot()
+
+    def __iter__(self) -> Iterator[tuple[dict, dict]]:
+        while True:
+            if self.next == len(self.pool):
+                self._fill()
+            refs, rows = self.pool[self.next]
+            if rows is None:  # restored from a checkpoint: read again
+                rows = self._rows([(r, *self._sample(*r)) for r in refs["s"]], refs["p"])
+            batch = self.ds.collate(rows, f"{self.key}/mlm/{self.batches}")
+            self.batches += 1
+            self.next += 1
+            position = {"sid": self.sid, "gen": self.ds.gen, "batches": self.batches, "next": self.next}
+            if self.fill is not None:
+                position["fill"], self.fill = self.fill, None
+            yield batch, position
+
+
+def full_state(fill: dict, position: dict) -> dict:
+    """A stream's checkpointable state from its pool's fill snapshot and its latest position."""
+    return {"sid": position["sid"], "gen": position["gen"], "drawn": fill["drawn"], "pools": fill["pools"],
+            "batches": position["batches"], "pool": fill["pool"][position["next"]:], "cursors": fill["cursors"]}
 
 
 class MixedStream(IterableDataset):
-    """Endless micro-batches for one rank (see the module docstring)."""
+    """Endless micro-batches for one rank (fresh, or `restore`d before iteration)."""
 
     def __init__(self, cfg: DataConfig, manifest: dict, weights: dict[str, float], pad_id: int,
-                 seed: int, rank: int, world: int, start_batch: int = 0, mask_id: int | None = None):
-        self.cfg, self.manifest, self.weights = cfg, manifest, weights
+                 seed: int, rank: int, world: int, mask_id: int | None = None):
+        self.cfg, self.manifest = cfg, manifest
         self.mask_id = mask_id  # set: BERT masking for the MLM loss
         self.languages = sorted(weights)
+        self.index = {lang: i for i, lang in enumerate(self.languages)}
+        self.mix = [weights[lang] for lang in self.languages]
         self.pad_id, self.seed, self.rank, self.world = pad_id, seed, rank, world
-        self.start_batch = start_batch
         self.workers = max(1, cfg.num_workers)
+        self.group = max(1, cfg.group_by_length)
+        self.gen, self.first_role, self.resume_streams = 0, 0, {}
+        self.orders = language_orders(manifest, cfg.shards, self.languages, seed, cfg.shuffle_buffer)
         self.parallel = None
         if cfg.parallel:
             if "en" not in self.languages:
                 raise DataError("data.parallel: the shards must include English ('en') among the "
                                 f"training languages (have {self.languages})")
             self.parallel = ParallelPairs(manifest, cfg.shards, self.languages, cfg.verify)
+        self.pairs = cfg.parallel_pairs if self.parallel is not None else 0
 
-    def _lang_iter(self, lang: str, plan: StreamPlan, sid: int) -> Iterator[np.ndarray]:
-        epoch = 0
-        while True:
-            rng = random.Random(f"{self.seed}/{sid}/{lang}/{epoch}")
-            order = list(plan.shards)
-            rng.shuffle(order)
-            buf: list[np.ndarray] = []
-            k = 0
-            for shard in order:
-                for ids in read_samples(shard, self.cfg.verify):
-                    if plan.stride > 1:
-                        keep = k % plan.stride == plan.offset
-                        k += 1
-                        if not keep:
-                            continue
-                    if len(buf) < self.cfg.shuffle_buffer:
-                        buf.append(ids)
-                        continue
-                    j = rng.randrange(len(buf))
-                    buf[j], ids = ids, buf[j]
-                    yield ids
-            rng.shuffle(buf)
-            yield from buf
-            epoch += 1
+    def restore(self, resume: dict) -> None:
+        """`resume` (trainer/data_state.py): the streams' random-key generation, the role of the
+        stream that is next in line, and the state of each of this rank's streams."""
+        self.gen, self.first_role = resume.get("gen", 0), resume.get("first_role", 0)
+        self.resume_streams = resume.get("streams", {})
 
-    def _samples(self, role: int) -> Iterator[tuple[int, np.ndarray]]:
+    def stream(self, role: int) -> Stream:
         sid = self.rank * self.workers + role
-        plans = plan_streams(self.manifest, self.cfg.shards, self.languages, self.world * self.workers, sid)
-        langs = [lang for lang in self.languages if plans[lang].samples > 0]
-        if not langs:
-            raise DataError(f"stream {sid}: no samples (too few for {self.world} ranks × "
-                            f"{self.workers} workers)")
-        iters = {lang: self._lang_iter(lang, plans[lang], sid) for lang in langs}
-        w = [self.weights[lang] for lang in langs]
-        rng = random.Random(f"{self.seed}/{sid}/mix")
-        index = {lang: i for i, lang in enumerate(self.languages)}
-        while True:
-            lang = rng.choices(langs, weights=w)[0]
-            yield index[lang], next(iters[lang])
+        return Stream(self, sid, self.resume_streams.get(sid))
 
     def _mask(self, input_ids: torch.Tensor, real: torch.Tensor, g: torch.Generator) -> dict:
         """BERT masking: p of the real, non-special tokens; 80% [MASK], 10% random, 10% kept."""
@@ -193,75 +259,91 @@ class MixedStream(IterableDataset):
         masked = torch.where(pick & (r >= 0.8) & (r < 0.9), rand_ids, masked)
         return {"input_ids": masked, "labels": labels}
 
-    def _groups(self, it: Iterator, role: int) -> Iterator[list]:
-        """Lists of (language index, ids): B samples of the stream, then with data.parallel K
-        English rows and their K translations. With data.group_by_length = G > 1, G·B samples
-        are sorted by length and cut into G batches of neighbours (and G·K pairs likewise,
-        matched shortest to shortest), handed out in a seeded random order: far less padding
-        on short, varied texts; every sample still used once, in a fixed order."""
-        B, G = self.cfg.micro_batch_size, max(1, self.cfg.group_by_length)
-        K = self.cfg.parallel_pairs if self.parallel is not None else 0
-        rng = random.Random(f"{self.seed}/{self.rank}/{role}/group")
-        pair_rng = random.Random(f"{self.seed}/{self.rank}/{role}/parallel")
-        index = {lang: i for i, lang in enumerate(self.languages)}
-        en = index.get("en")
-        while True:
-            pool = [next(it) for _ in range(B * G)]
-            pairs = self.parallel.draw(pair_rng, K * G) if K else []
-            if G > 1:
-                pool.sort(key=lambda s: len(s[1]))  # stable
-                pairs.sort(key=lambda p: max(len(p[0]), len(p[2])))
-            groups = [pool[i * B:(i + 1) * B] + [(en, p[0]) for p in pairs[i * K:(i + 1) * K]]
-                      + [(index[p[1]], p[2]) for p in pairs[i * K:(i + 1) * K]] for i in range(G)]
-            if G > 1:
-                rng.shuffle(groups)
-            yield from groups
-
-    def _batches(self, role: int) -> Iterator[dict]:
-        key = hashlib.sha256(f"{self.seed}/{self.rank}/{role}/mlm".encode()).hexdigest()
-        g = torch.Generator().manual_seed(int(key[:12], 16))  # stable across processes
-        for items in self._groups(self._samples(role), role):
-            B, L = len(items), max(len(ids) for _, ids in items)
-            input_ids = torch.full((B, L), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((B, L), dtype=torch.long)
-            for r, (_, ids) in enumerate(items):
-                input_ids[r, :len(ids)] = torch.from_numpy(ids.astype(np.int64))
-                mask[r, :len(ids)] = 1
-            batch = {"input_ids": input_ids, "attention_mask": mask,
-                     "lang": torch.tensor([li for li, _ in items], dtype=torch.long)}
-            if self.mask_id is not None:
-                batch.update(self._mask(input_ids, mask, g))
-            yield batch
+    def collate(self, rows: list, mlm_key: str) -> dict:
+        """Padded tensors of a batch's rows (Stream._rows); `rows`: [language, epoch, sample id]
+        of each sample row (for tests and run.trace: which samples were used)."""
+        B, L = len(rows), max(len(ids) for _, ids, _ in rows)
+        input_ids = torch.full((B, L), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((B, L), dtype=torch.long)
+        for r, (_, ids, _) in enumerate(rows):
+            input_ids[r, :len(ids)] = torch.from_numpy(ids.astype(np.int64))
+            mask[r, :len(ids)] = 1
+        batch = {"input_ids": input_ids, "attention_mask": mask,
+                 "lang": torch.tensor([li for li, _, _ in rows], dtype=torch.long),
+                 "rows": [ref for _, _, ref in rows if ref is not None]}
+        if self.mask_id is not None:
+            key = hashlib.sha256(mlm_key.encode()).hexdigest()
+            batch.update(self._mask(input_ids, mask, torch.Generator().manual_seed(int(key[:12], 16))))
+        return batch
 
     def __iter__(self):
         info = get_worker_info()
-        w = info.id if info is not None else 0
-        W = self.workers
-        role = (w + self.start_batch) % W             # who was next in line at the resume point
-        done = max(0, -(-(self.start_batch - role) // W))  # batches this role had produced
-        batches = self._batches(role)
-        for _ in range(done):
-            next(batches)
-        yield from batches
+        role = ((info.id if info is not None else 0) + self.first_role) % self.workers
+        for batch, state in self.stream(role):
+            batch["_state"] = state
+            yield batch
 
 
-def build_loader(cfg: DataConfig, pad_id: int, seed: int, rank: int, world: int,
-                 start_batch: int = 0, mask_id: int | None = None) -> tuple[DataLoader, MixedStream]:
-    manifest = read_manifest(cfg.shards)
+class StatefulLoader:
+    """The DataLoader plus the data position: the state of each stream as of the last batch
+    the trainer took from it (batches prefetched by the workers are not consumed yet)."""
+
+    def __init__(self, loader: DataLoader, dataset: MixedStream):
+        self.loader, self.dataset = loader, dataset
+        self.consumed = 0                      # micro-batches this rank took
+        self.streams: dict[int, dict] = {}     # sid → state as restored (none taken since)
+        self.fills: dict[int, dict] = {}       # sid → its current pool's fill snapshot
+        self.positions: dict[int, dict] = {}   # sid → position after its last consumed batch
+
+    def restore(self, resume: dict | None) -> None:
+        """Before iterating: continue from a checkpoint's position (None: a fresh start)."""
+        if resume:
+            self.dataset.restore(resume)
+            self.consumed = resume.get("consumed", 0)
+            self.streams = dict(resume.get("streams", {}))
+
+    def __iter__(self):
+        for batch in self.loader:
+            position = batch.pop("_state")
+            if "fill" in position:
+                self.fills[position["sid"]] = position.pop("fill")
+            self.positions[position["sid"]] = position
+            self.consumed += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        streams = dict(self.streams)
+        streams.update({sid: full_state(self.fills[sid], pos) for sid, pos in self.positions.items()})
+        return {"consumed": self.consumed, "streams": streams}
+
+
+def as_is(batch: dict) -> dict:
+    """The DataLoader's collate for our ready-made batches: its default would walk the stream
+    state and rows element by element (a third of the loader's time with length grouping)."""
+    return batch
+
+
+def mix_weights(cfg: DataConfig, manifest: dict) -> dict[str, float]:
     tokens = {k: v["tokens"] for k, v in manifest["languages"].items()
               if not cfg.languages or k in cfg.languages}
     missing = [k for k in cfg.languages if k not in manifest["languages"]]
     if missing:
         raise DataError(f"data.languages: {missing} not in {cfg.shards}/manifest.json "
                         f"(has {sorted(manifest['languages'])})")
-    weights = {k: q for k, (_, q) in smoothed_probabilities(tokens, cfg.alpha).items() if q > 0}
-    ds = MixedStream(cfg, manifest, weights, pad_id, seed, rank, world, start_batch, mask_id)
+    return {k: q for k, (_, q) in smoothed_probabilities(tokens, cfg.alpha).items() if q > 0}
+
+
+def build_loader(cfg: DataConfig, pad_id: int, seed: int, rank: int, world: int,
+                 mask_id: int | None = None) -> StatefulLoader:
+    """A fresh loader; `.restore()` it before iterating to resume."""
+    manifest = read_manifest(cfg.shards)
+    ds = MixedStream(cfg, manifest, mix_weights(cfg, manifest), pad_id, seed, rank, world, mask_id)
     # its own generator: iterating a DataLoader draws a worker seed, which must not shift
     # the global RNG that dropout uses (exact resume restores that one)
-    loader = DataLoader(ds, batch_size=None, num_workers=cfg.num_workers,
+    loader = DataLoader(ds, batch_size=None, num_workers=cfg.num_workers, collate_fn=as_is,
                         prefetch_factor=4 if cfg.num_workers else None,
                         persistent_workers=False, generator=torch.Generator().manual_seed(seed))
-    return loader, ds
+    return StatefulLoader(loader, ds)
 
 
 def tokens_per_language(batch: dict, languages: list[str]) -> Counter:

@@ -25,6 +25,7 @@ from .capture import QKCapture
 from .checkpoint import Checkpointer
 from .checks import check_config, check_tokenizer, mask_id
 from .data import build_loader
+from .data_state import gather, resume_plan
 from .ds_config import build_ds_config, resolve_precision
 from .losses import DistillObjective
 from .metrics import Metrics
@@ -45,6 +46,10 @@ class DistillModule(nn.Module):
         super().__init__()
         self.student, self.objective = student, objective
         self.capture = QKCapture(student, objective.attention_layers[0])
+        # saved by DeepSpeed with every checkpoint: what its ds_to_universal converter needs to
+        # re-partition the optimizer state for another number of ranks (no tensor parallelism)
+        from deepspeed.checkpoint.constants import UNIVERSAL_CHECKPOINT_VERSION_KEY, UNIVERSAL_CHECKPOINT_VERSION_VALUE
+        self.universal_checkpoint_info = {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}
 
     def forward(self, input_ids, attention_mask, t_hidden, t_qk, teacher=None, labels=None):
         out = self.student(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
@@ -114,6 +119,9 @@ class Distiller:
 
         # 5. engine: the ds_config generated from our config; only trainable params optimised
         self.ds_config = build_ds_config(cfg.engine, cfg.optim, cfg.data, self.world, self.precision)
+        self.ckpt = Checkpointer(self.run_dir, run.keep_checkpoints, self.rank)
+        if self.ckpt.reshape():  # resuming on another number of ranks (step 7)
+            self.ds_config["checkpoint"] = {"load_universal": True}
         groups = param_groups(self.module, cfg.optim.weight_decay)
         optimizer = build_optimizer(groups, cfg.optim)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
@@ -132,20 +140,27 @@ class Distiller:
         if cfg.eval.pairs:
             from .live_eval import LiveEval
             self.live_eval = LiveEval(cfg.eval, self.manifest, self.rank, self.world, self.device)
-        self.ckpt = Checkpointer(self.run_dir, run.keep_checkpoints, self.rank)
 
-        # 7. resume: the same command restarts from the latest complete checkpoint
+        # 7. resume: the same command restarts from the latest complete checkpoint — also on
+        #    another number of ranks (ZeRO-1/2; the data's remaining epoch is re-split exactly)
         client = self.ckpt.load(self.engine)
         if client is not None:
             self.step = client["step"]
+            if client["saved_world"] != self.world:  # no RNG state for a new shape: seeded anew
+                torch.manual_seed(run.seed + 7919 * self.step + self.rank)
+                self._log(f"checkpoint written by {client['saved_world']} rank(s), resumed on {self.world}")
             self.stepper.load_state(client)
             if self.live_eval is not None:
                 self.live_eval.load_state_dict(client.get("eval", {}))
             self._log(f"resumed from {client['tag']} (step {self.step})")
-        self.loader, self.stream = build_loader(
-            cfg.data, self.manifest["tokenizer"]["pad_id"], run.seed, self.rank, self.world,
-            start_batch=self.stepper.consumed,
-            mask_id=mask_id(self.manifest) if cfg.loss.mlm_weight > 0 else None)
+        self.loader = build_loader(cfg.data, self.manifest["tokenizer"]["pad_id"], run.seed, self.rank,
+                                   self.world, mask_id=mask_id(self.manifest) if cfg.loss.mlm_weight > 0 else None)
+        self.stream = self.loader.dataset
+        if client is not None and "data" not in client:
+            self._log("warning: the checkpoint holds no data position (written before stateful data); "
+                      "the data starts at a fresh epoch")
+        self.loader.restore(resume_plan(client.get("data") if client else None, self.stream,
+                                        cfg.engine.grad_accum, cfg.data.reset_position, self._log))
         self.stepper.languages = self.stream.languages
         if self.stream.parallel is not None:
             par = self.stream.parallel
@@ -168,7 +183,8 @@ class Distiller:
             print(f"[distill] {msg}", flush=True)
 
     def state(self) -> dict:
-        return {"step": self.step, **self.stepper.state(),
+        """The client state of a checkpoint (a collective: the data position of every rank)."""
+        return {"step": self.step, **self.stepper.state(), "data": gather(self.loader, self.cfg.engine.grad_accum),
                 "eval": self.live_eval.state_dict() if self.live_eval is not None else {}}
 
     def _teacher(self, batch):
@@ -203,7 +219,7 @@ class Distiller:
                 scalars["grad_norm"] = float(gn) if gn is not None else 0.0
             scalars["data/skipped_batches"] = self.stepper.skipped
             self.metrics.step(self.step, scalars, out["tokens"], out["samples"], dt, Counter(out["langs"]))
-            self.records.trace(self.step, out["terms"]["total"], out["batch_sha256"])
+            self.records.trace(self.step, out["terms"]["total"], out["batch_sha256"], out["rows"])
             alarm = (self.live_eval is not None and self.live_eval.due(self.step, run.max_steps)
                      and self._evaluate())
             if alarm and self.cfg.eval.stop_on_drop:

@@ -1,7 +1,8 @@
 """What a run leaves in its folder besides checkpoints and TensorBoard: the resolved config
 (`config.yaml`, rerunnable), the generated `ds_config.json`, `run_info.json` (git revision,
 world size, layer map, ...), the student's HF config (what `trainer.export` rebuilds it from),
-and with `run.trace` a per-rank `trace_rank<r>.jsonl` (exact loss + batch hash per step)."""
+and with `run.trace` a per-rank `trace_rank<r>.jsonl` (exact loss, batch hash and the [language, epoch, sample id]
+of every sample row, per step)."""
 from __future__ import annotations
 
 import json
@@ -35,7 +36,8 @@ class RunRecords:
             {"git_revision": git_revision(), **info, "command": command}, indent=1))
         student_config.save_pretrained(self.run_dir / "student_config")
 
-    def trace(self, step: int, loss: float, batch_sha256: str) -> None:
+    def trace(self, step: int, loss: float, batch_sha256: str, rows: list) -> None:
         if self.trace_on:
             with open(self.run_dir / f"trace_rank{self.rank}.jsonl", "a") as f:
-                f.write(json.dumps({"step": step, "loss": repr(loss), "batch_sha256": batch_sha256}) + "\n")
+                f.write(json.dumps({"step": step, "loss": repr(loss), "batch_sha256": batch_sha256,
+                                    "rows": rows}) + "\n")

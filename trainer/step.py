@@ -52,28 +52,27 @@ class Stepper:
         self.device, self.world = device, world
         self.grad_accum, self.max_bad_steps, self.trace = grad_accum, max_bad_steps, trace
         self.languages, self.stop, self.log = languages, stop, log
-        self.consumed = 0       # micro-batches this rank has consumed (the data position)
         self.bad_steps = 0      # consecutive non-finite micro-batches
         self.skipped = 0        # all skipped micro-batches of the run
         self.stop_agreed = False
 
     def state(self) -> dict:
-        return {"consumed": self.consumed, "bad_steps": self.bad_steps, "skipped": self.skipped}
+        return {"bad_steps": self.bad_steps, "skipped": self.skipped}
 
     def load_state(self, client: dict) -> None:
-        self.consumed = client["consumed"]
         self.bad_steps, self.skipped = client.get("bad_steps", 0), client.get("skipped", 0)
 
     def run(self, data_iter, step: int) -> dict:
         """Optimizer step `step` + 1: returns the logged terms and this rank's counts."""
         terms_sum: dict[str, float] = {}
         digest = hashlib.sha256() if self.trace else None
+        rows: list = []  # with run.trace: [language, epoch, sample id] of every sample row used
         tokens = samples = good = 0
         langs: Counter = Counter()
         while good < self.grad_accum:
             host = next(data_iter)
-            batch = {k: v.to(self.device, non_blocking=True) for k, v in host.items()}
-            self.consumed += 1
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in host.items()
+                     if isinstance(v, torch.Tensor)}
             t_hidden, t_qk = self.teacher_forward(batch)
             loss, terms = self.engine(batch["input_ids"], batch["attention_mask"], t_hidden, t_qk,
                                       self.teacher, batch.get("labels"))
@@ -101,8 +100,9 @@ class Stepper:
                 terms_sum[k] = terms_sum.get(k, 0.0) + v / self.world / self.grad_accum
             if digest is not None:
                 digest.update(host["input_ids"].numpy().tobytes())
+                rows += host["rows"]
             tokens += int(host["attention_mask"].sum())
             samples += host["input_ids"].shape[0]
             langs.update(tokens_per_language(host, self.languages))
         return {"terms": terms_sum, "tokens": tokens, "samples": samples, "langs": langs,
-                "batch_sha256": digest.hexdigest() if digest is not None else ""}
+                "batch_sha256": digest.hexdigest() if digest is not None else "", "rows": rows}
