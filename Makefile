@@ -23,7 +23,7 @@ $(STAMP): setup.py Makefile
 	$(PIP) install -q "setuptools>=68" wheel
 	$(PIP) install -q "$(TORCH)"
 	DS_BUILD_OPS=0 $(PIP) install -q --no-build-isolation "deepspeed>=0.15"
-	$(PIP) install -q -e ".[dev,triton,demo,bench]"
+	$(PIP) install -q -e ".[dev,triton,demo,bench,deploy]"
 	touch $@
 
 demo-assets: setup
@@ -35,6 +35,8 @@ DEMO_OVERRIDES_lightmbert :=
 DEMO_OVERRIDES_unfrozen := --student.freeze_embeddings=false
 DEMO_OVERRIDES_random := --student.init=random --student.freeze_embeddings=false
 DEMO_RUN := runs/demo/$(VARIANT)
+# the shippable student: pieces seen at least this often in the demo's shards (deploy.trim)
+TRIM_MIN_COUNT ?= 1
 
 demo: demo-assets
 	$(PY) -m data_prep.shard --config configs/data/demo.yaml
@@ -43,6 +45,13 @@ demo: demo-assets
 	  --config configs/distill/demo_cpu.yaml --run.output_dir=$(DEMO_RUN) $(DEMO_OVERRIDES_$(VARIANT)) $(DEMO_ARGS)
 	$(PY) -m demo.report --teacher $(LIGHTMBERT_CACHE)/demo/teacher \
 	  --student $(DEMO_RUN)/student --pairs $(LIGHTMBERT_CACHE)/demo/heldout.jsonl --out $(DEMO_RUN)/eval
+	$(PY) -m deploy.trim $(DEMO_RUN)/student $(DEMO_RUN)/student-trimmed --shards runs/demo/shards \
+	  --min-count $(TRIM_MIN_COUNT) --heldout $(LIGHTMBERT_CACHE)/demo/heldout.jsonl --overwrite
+	$(PY) -m deploy.onnx_export $(DEMO_RUN)/student-trimmed $(DEMO_RUN)/student-trimmed-onnx --int8
+	$(PY) -m benchmarks.bench_student --teacher $(LIGHTMBERT_CACHE)/demo/teacher --student $(DEMO_RUN)/student \
+	  --trimmed $(DEMO_RUN)/student-trimmed --trimmed-onnx $(DEMO_RUN)/student-trimmed-onnx \
+	  --pairs $(LIGHTMBERT_CACHE)/demo/heldout.jsonl --prefix "query: " --out $(DEMO_RUN)/deploy \
+	  --languages ar,bg,de,el,es,fr,hi,ru,sw,th,tr,ur,vi,zh
 
 test: setup
 	$(PY) -m pytest -q tests

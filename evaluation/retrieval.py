@@ -67,18 +67,27 @@ def retrieval(model, tokenizer, pairs: dict[str, list[tuple[str, str]]], prefix:
     total = sum(2 * len(v) for v in pairs.values())
     bar = Progress(total, desc, "texts") if progress else None
     embed = embedder(model, tokenizer, prefix, batch_size, bar, layers)
-    out: dict = {k: {} for k in (layers or (None,))}
     try:
-        for lang, items in pairs.items():
-            en, x = embed([e for e, _ in items]), embed([t for _, t in items])
-            for k, res in out.items():
-                res[lang] = scores(en[k], x[k], len(items))
+        out = retrieval_of(embed, pairs, keys=layers or (None,))
     finally:
         if bar is not None:
             bar.close()
+    return out if layers is not None else out[None]
+
+
+def retrieval_of(embed, pairs: dict[str, list[tuple[str, str]]], keys: tuple | None = None) -> dict:
+    """`retrieval` for any encoder: `embed(texts)` gives L2-normalised [N, d] vectors (or, with
+    `keys`, {key: [N, d]}; the result is then {key: scores})."""
+    out: dict = {k: {} for k in (keys or (None,))}
+    for lang, items in pairs.items():
+        en, x = embed([e for e, _ in items]), embed([t for _, t in items])
+        if keys is None:
+            en, x = {None: en}, {None: x}
+        for k, res in out.items():
+            res[lang] = scores(en[k], x[k], len(items))
     for res in out.values():
         add_mean(res)
-    return out if layers is not None else out[None]
+    return out if keys is not None else out[None]
 
 
 def write_tables(results: dict[str, dict], out: Path, title: str = "retrieval") -> None:

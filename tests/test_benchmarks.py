@@ -92,3 +92,18 @@ def test_bench_resume_tiny(tmp_path):
     rows = tiny_csv("bench_resume", tmp_path)   # (it also checks that restore and replay agree)
     assert [int(row["steps"]) for row in rows] == [10, 50]
     assert all(float(row["stateful_s"]) > 0 and float(row["replay_s"]) > 0 for row in rows)
+
+
+@pytest.mark.slow
+def test_bench_student_tiny(tmp_path):
+    rows = tiny_csv("bench_student", tmp_path)
+    assert [(r["model"], r["runtime"].split()[0]) for r in rows] == [
+        ("teacher", "PyTorch"), ("teacher", "ONNX"), ("student", "PyTorch"), ("student", "ONNX"),
+        ("student-trimmed", "ONNX"), ("student-trimmed-int8", "ONNX")]
+    size = {r["model"] + "/" + r["runtime"]: float(r["disk_mb"]) for r in rows}
+    assert size["student-trimmed-int8/ONNX Runtime int8"] < size["student-trimmed/ONNX Runtime fp32"] \
+        < size["student/ONNX Runtime fp32"] < size["teacher/ONNX Runtime fp32"]
+    assert all(float(r["p50_ms"]) > 0 and float(r["seq_s_32x128"]) > 0 and 0 <= float(r["retrieval"]) <= 1
+               for r in rows)
+    assert (tmp_path / "bench_student.png").stat().st_size > 1000
+    assert "| student-trimmed-int8 | ONNX Runtime int8 |" in (tmp_path / "bench_student.md").read_text()

@@ -6,8 +6,9 @@ ones inside functions, which a runtime sys.modules check would miss):
     data_prep    configs only (CPU prep nodes: never trainer, evaluation or demo)
     evaluation   configs, data_prep (any HF encoder directory: never trainer)
     trainer      configs, data_prep, kernels, evaluation (never demo)
+    deploy       configs, data_prep, evaluation (any HF encoder directory: never trainer)
     demo         anything of ours but tests
-    benchmarks   configs, data_prep, kernels, trainer, evaluation (never tests: shared fixtures
+    benchmarks   configs, data_prep, kernels, trainer, evaluation, deploy (never tests: shared fixtures
                  live in data_prep.synthetic; never demo, which uses benchmarks' table reporter)
 """
 from __future__ import annotations
@@ -18,15 +19,16 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-OURS = {"kernels", "configs", "data_prep", "evaluation", "trainer", "demo", "benchmarks", "tests"}
+OURS = {"kernels", "configs", "data_prep", "evaluation", "trainer", "deploy", "demo", "benchmarks", "tests"}
 ALLOWED = {
     "kernels": set(),
     "configs": set(),
     "data_prep": {"configs"},
     "evaluation": {"configs", "data_prep"},
     "trainer": {"configs", "data_prep", "kernels", "evaluation"},
+    "deploy": {"configs", "data_prep", "evaluation"},
     "demo": OURS - {"tests", "demo"},
-    "benchmarks": {"configs", "data_prep", "kernels", "trainer", "evaluation"},
+    "benchmarks": {"configs", "data_prep", "kernels", "trainer", "evaluation", "deploy"},
 }
 
 

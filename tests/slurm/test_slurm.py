@@ -123,7 +123,9 @@ def test_prep_array_equals_single_run(cluster, data, tmp_path):
         left = cluster.run(["squeue", "-h", "-o", "%i %j %T %r"]).stdout.strip()
         if not left:
             break
-        assert "DependencyNeverSatisfied" not in left, left
+        if "DependencyNeverSatisfied" in left:  # an array task failed: say which and why
+            logs = "\n".join(f"--- {p.name}\n{p.read_text()[-1500:]}" for p in sorted(tmp_path.glob("*.out")))
+            pytest.fail(f"{left}\n{logs}")
         time.sleep(1)
     logs = "\n".join(p.read_text() for p in sorted(tmp_path.glob("*.out")))
     assert not left and (out / "manifest.json").is_file(), logs[-4000:]

@@ -1,0 +1,148 @@
+"""python -m deploy.onnx_export MODEL_DIR OUT_DIR [--int8] [--opset 17]
+
+Any HF encoder directory (a student, trimmed or not, or a teacher) → ONNX for ONNX Runtime:
+`model.onnx` (fp32) with inputs `input_ids`, `attention_mask` (int64, dynamic batch and
+sequence axes) and outputs `last_hidden_state` and `pooled` (the masked mean the trainer and
+evaluation use: evaluation.pooling), and with `--int8` `model.int8.onnx`, ONNX Runtime's
+dynamic int8 quantisation (weights int8, activations quantised per batch at run time: no
+calibration data needed). The tokenizer files are copied alongside, so OUT_DIR is what one
+ships. Needs the `[deploy]` extra (onnx, onnxruntime).
+
+`OnnxEncoder(OUT_DIR)` runs it: texts → L2-normalised sentence vectors, like
+evaluation.encoders.encode, so the same retrieval scoring applies.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from evaluation.pooling import mean_pool
+
+from . import atomic_dir
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+class _Encoder(nn.Module):
+    """Keyword arguments only: with transformers 5, positional ones collide with `use_cache`."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        h = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return h, mean_pool(h, attention_mask)
+
+
+def down_projections(path: Path) -> list[str]:
+    """MatMul nodes whose weight shrinks the width ([k, n], k > n): the feed-forward output
+    projections, whose inputs (GELU outputs) have the outliers that per-tensor int8
+    activations round away."""
+    import onnx
+    g = onnx.load(str(path), load_external_data=False).graph
+    shapes = {t.name: list(t.dims) for t in g.initializer}
+    return [n.name for n in g.node if n.op_type == "MatMul" and len(shapes.get(n.input[1], [])) == 2
+            and shapes[n.input[1]][0] > shapes[n.input[1]][1]]
+
+
+def quantize(fp32: Path, int8: Path) -> None:
+    """ONNX Runtime dynamic int8: per-channel int8 weights, activations quantised per batch,
+    the feed-forward down-projections kept in fp32. Measured on the demo's 6-layer
+    multilingual-E5 truncation (held-out retrieval, 60 pairs × de/ru/zh/sw): fp32 0.871;
+    default per-tensor 0.837; per-channel 0.852; per-channel without the down-projections
+    0.869 for 118 MB instead of 107 MB (of 396 MB fp32)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True,
+                     nodes_to_exclude=down_projections(fp32))
+
+
+def export(model_dir: Path, out: Path, int8: bool = True, opset: int = 17) -> dict[str, Path]:
+    """Write model.onnx (+ model.int8.onnx) and the tokenizer into `out` (atomically)."""
+    from transformers import AutoModel
+    try:
+        model = AutoModel.from_pretrained(model_dir, add_pooling_layer=False)
+    except TypeError:
+        model = AutoModel.from_pretrained(model_dir)
+    model.eval()
+    with atomic_dir(out) as tmp:
+        ids = torch.ones(2, 7, dtype=torch.long)
+        # padding in the example: HF skips the mask for an all-ones one, and the trace would
+        # keep that shortcut for every input
+        mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3])
+        axes = {0: "batch", 1: "sequence"}
+        with torch.no_grad():
+            torch.onnx.export(_Encoder(model), (ids, mask), str(tmp / "model.onnx"),
+                              input_names=["input_ids", "attention_mask"],
+                              output_names=["last_hidden_state", "pooled"],
+                              dynamic_axes={"input_ids": axes, "attention_mask": axes,
+                                            "last_hidden_state": axes, "pooled": {0: "batch"}},
+                              opset_version=opset, dynamo=False)
+        if int8:
+            quantize(tmp / "model.onnx", tmp / "model.int8.onnx")
+        for name in TOKENIZER_FILES:
+            if (model_dir / name).is_file():
+                shutil.copy2(model_dir / name, tmp / name)
+    return {k: out / f for k, f in (("fp32", "model.onnx"), ("int8", "model.int8.onnx")) if (out / f).is_file()}
+
+
+class OnnxEncoder:
+    """An exported directory under ONNX Runtime (CPU): sentence vectors and raw outputs."""
+
+    def __init__(self, directory: Path, int8: bool = False, threads: int = 0):
+        import onnxruntime as ort
+        from transformers import AutoTokenizer
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        path = Path(directory) / ("model.int8.onnx" if int8 else "model.onnx")
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.tokenizer = AutoTokenizer.from_pretrained(directory)
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(last_hidden_state, pooled) for int64 arrays."""
+        h, pooled = self.session.run(None, {"input_ids": input_ids.astype(np.int64),
+                                            "attention_mask": attention_mask.astype(np.int64)})
+        return h, pooled
+
+    def encode(self, texts: list[str], prefix: str = "", batch_size: int = 64, max_length: int = 128) -> torch.Tensor:
+        """L2-normalised pooled vectors [N, d] (length-sorted batches, like evaluation.encoders)."""
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = torch.empty(len(texts), 0)
+        for a in range(0, len(texts), batch_size):
+            idx = order[a:a + batch_size]
+            b = self.tokenizer([prefix + texts[i] for i in idx], padding=True, truncation=True,
+                               max_length=max_length, return_tensors="np")
+            v = torch.nn.functional.normalize(torch.from_numpy(self.run(b["input_ids"], b["attention_mask"])[1]), dim=-1)
+            if out.shape[1] == 0:
+                out = torch.empty(len(texts), v.shape[1])
+            out[idx] = v
+        return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
+    ap.add_argument("model", type=Path)
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--int8", action="store_true", help="also write model.int8.onnx (dynamic quantisation)")
+    ap.add_argument("--opset", type=int, default=17)
+    args = ap.parse_args(argv)
+    if not (args.model / "config.json").is_file():
+        print(f"deploy.onnx_export: {args.model} is not a Hugging Face model directory (no config.json)",
+              file=sys.stderr)
+        return 2
+    paths = export(args.model, args.out, args.int8, args.opset)
+    for kind, p in paths.items():
+        print(f"[onnx] {kind}: {p} ({p.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

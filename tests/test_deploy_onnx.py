@@ -1,0 +1,95 @@
+"""deploy.onnx_export: ONNX fp32 equals torch (pooled and token states, padded batches of odd
+lengths, a trimmed model too), dynamic int8 stays close (cosine ≥ 0.99); on the real demo
+teacher (slow, needs the demo assets) int8 retrieval is within 1 point of fp32."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime", reason="the [deploy] extra (onnx, onnxruntime) is not installed")
+
+SEED = random.randrange(1 << 30)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    from transformers import BertConfig, BertModel
+
+    from data_prep.synthetic import make_tokenizer
+    from deploy.onnx_export import export
+    d = tmp_path_factory.mktemp("onnx")
+    make_tokenizer(d / "model")
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=400, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=128), add_pooling_layer=False).save_pretrained(d / "model")
+    export(d / "model", d / "onnx", int8=True)
+    return d
+
+
+def batch(rng: np.random.Generator, b: int, length: int):
+    ids = rng.integers(5, 400, size=(b, length))
+    lengths = rng.integers(1, length + 1, size=b)
+    lengths[0] = length
+    mask = (np.arange(length)[None, :] < lengths[:, None]).astype(np.int64)
+    return ids * mask, mask
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 17), (5, 33), (2, 128)])
+def test_onnx_fp32_equals_torch_and_int8_stays_close(exported, shape):
+    from transformers import AutoModel
+
+    from deploy.onnx_export import OnnxEncoder
+    from evaluation.pooling import mean_pool
+    rng = np.random.default_rng(SEED + shape[1])
+    ids, mask = batch(rng, *shape)
+    model = AutoModel.from_pretrained(exported / "model").eval()
+    with torch.no_grad():
+        h = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).last_hidden_state
+        pooled = mean_pool(h, torch.from_numpy(mask)).numpy()
+    oh, op = OnnxEncoder(exported / "onnx").run(ids, mask)
+    assert np.abs(op - pooled).max() <= 1e-4, f"seed {SEED}: pooled differs"
+    real = mask.astype(bool)
+    assert np.abs(oh[real] - h.numpy()[real]).max() <= 1e-4, f"seed {SEED}: token states differ"
+    _, qp = OnnxEncoder(exported / "onnx", int8=True).run(ids, mask)
+    cos = (qp * pooled).sum(1) / np.linalg.norm(qp, axis=1) / np.linalg.norm(pooled, axis=1)
+    assert cos.min() >= 0.99, f"seed {SEED}: int8 cosine {cos.min():.4f}"
+
+
+def test_export_cli_and_what_it_ships(exported, tmp_path):
+    from deploy.onnx_export import OnnxEncoder, main
+    assert main([str(tmp_path / "nothing"), str(tmp_path / "out")]) == 2
+    assert main([str(exported / "model"), str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "model.onnx").is_file() and not (tmp_path / "out" / "model.int8.onnx").exists()
+    v = OnnxEncoder(tmp_path / "out").encode(["der fuchs", "the quick brown fox jumps over", "η αλεπού"])
+    assert v.shape == (3, 64) and torch.allclose(v.norm(dim=1), torch.ones(3), atol=1e-5)
+    size = (exported / "onnx" / "model.int8.onnx").stat().st_size
+    assert size < 0.5 * (exported / "onnx" / "model.onnx").stat().st_size
+
+
+@pytest.mark.slow
+def test_int8_retrieval_within_a_point_of_fp32_on_the_demo_teacher(tmp_path):
+    """The real multilingual model (multilingual-E5, 6 bottom layers: the demo's student
+    before distillation), 60 held-out pairs × 4 languages."""
+    from demo import DemoError
+    from demo.assets import build, default_cache
+    from deploy.onnx_export import OnnxEncoder, export
+    from evaluation.encoders import truncated
+    from evaluation.retrieval import load_pairs, retrieval_of
+    try:
+        assets = build(default_cache())
+    except DemoError as e:
+        pytest.skip(f"demo assets cannot be fetched here: {e}")
+    model, tok = truncated(assets["teacher"], 6)
+    model.save_pretrained(tmp_path / "student")
+    tok.save_pretrained(tmp_path / "student")
+    export(tmp_path / "student", tmp_path / "onnx", int8=True)
+    pairs = load_pairs(assets["heldout"], ["de", "ru", "zh", "sw"], max_per_language=60)
+    got = {}
+    for kind in ("fp32", "int8"):
+        enc = OnnxEncoder(tmp_path / "onnx", int8=kind == "int8")
+        got[kind] = retrieval_of(lambda texts: enc.encode(texts, prefix="query: "), pairs)["mean"]["mean"]
+    assert got["fp32"] > 0.7
+    assert abs(got["int8"] - got["fp32"]) <= 0.01, got
