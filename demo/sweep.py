@@ -48,6 +48,17 @@ def first_last_loss(run_dir: Path) -> tuple[float, float]:
     return float(rows[0]["loss"]), float(rows[-1]["loss"])
 
 
+def live_curve(run_dir: Path) -> str:
+    """The run's live retrieval (eval/retrieval/mean in TensorBoard) as `step:value ...`, when
+    the variant turned live evaluation on: one 600-step run then also gives the 300-step number."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    ev = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    ev.Reload()
+    if "eval/retrieval/mean" not in ev.Tags()["scalars"]:
+        return ""
+    return " ".join(f"{e.step}:{e.value:.4f}" for e in ev.Scalars("eval/retrieval/mean"))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sweep", type=Path, required=True)
@@ -75,6 +86,7 @@ def main(argv=None) -> int:
     res = retrieval(model, tok, pairs, spec["prefix"], layers=(last, n_layers), progress=True,
                     desc="retrieval teacher + before")
     ref = {"teacher": res[last]["mean"]["mean"], "before": res[n_layers]["mean"]["mean"]}
+    before = {k: v["mean"] for k, v in res[n_layers].items() if k != "mean"}
     del model
     print(f"teacher {ref['teacher']:.4f}  before {ref['before']:.4f}  goal {0.97 * ref['teacher']:.4f}",
           flush=True)
@@ -92,7 +104,7 @@ def main(argv=None) -> int:
         if proc.returncode != 0:
             print(proc.stdout[-3000:])
             rows.append(dict(variant=name, rc=proc.returncode, train_s=round(secs), retrieval="",
-                             over_teacher="", loss_first="", loss_last=""))
+                             over_teacher="", below_before="", loss_first="", loss_last="", live=""))
             continue
         l0, l1 = first_last_loss(run_dir)
         model, tok = load_encoder(str(run_dir / "student"), dev)
@@ -100,9 +112,11 @@ def main(argv=None) -> int:
         del model
         per_lang[name] = {k: v["mean"] for k, v in res.items()}
         acc = res["mean"]["mean"]
+        # languages where the student retrieves worse than the truncation it started from
+        below = [k for k, v in before.items() if res[k]["mean"] < v]
         rows.append(dict(variant=name, rc=0, train_s=round(secs), retrieval=round(acc, 4),
-                         over_teacher=round(acc / ref["teacher"], 4), loss_first=round(l0, 4),
-                         loss_last=round(l1, 4)))
+                         over_teacher=round(acc / ref["teacher"], 4), below_before=" ".join(below) or "-",
+                         loss_first=round(l0, 4), loss_last=round(l1, 4), live=live_curve(run_dir)))
         print(f"{name}: retrieval {acc:.4f} ({acc / ref['teacher']:.3f} of teacher), "
               f"loss {l0:.4f} → {l1:.4f}, {secs:.0f} s", flush=True)
         if not args.keep:
@@ -111,7 +125,8 @@ def main(argv=None) -> int:
             torch.cuda.empty_cache()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "sweep.json").write_text(json.dumps(
-        {"reference": ref, "variants": {n: spec["variants"][n] for n in names}, "per_language": per_lang,
+        {"reference": ref, "before_per_language": before,
+         "variants": {n: spec["variants"][n] for n in names}, "per_language": per_lang,
          "common": spec["common"], "base": spec["base"]}, indent=1))
     print(f"\nsweep {args.sweep} on {dev}: teacher {ref['teacher']:.4f}, before {ref['before']:.4f}")
     report(rows, args.out / "sweep.csv")

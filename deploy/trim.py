@@ -178,16 +178,13 @@ def coverage(backend, kept: set[int], sentences: dict[str, list[str]]) -> dict[s
 
 
 def heldout_sentences(path: Path, languages: list[str]) -> dict[str, list[str]]:
-    """The held-out pairs' sentences of each kept language (English from the English side)."""
-    out: dict[str, list[str]] = {lang: [] for lang in languages}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            item = json.loads(line)
-            if "en" in out:
-                out["en"].append(item["en"])
-            for lang, text in item.get("translations", {}).items():
-                if lang in out:
-                    out[lang].append(text)
+    """The held-out pairs' sentences of each kept language (English: each item's English side
+    once, though it appears in the pairs of every language)."""
+    from evaluation.retrieval import load_pairs  # names a bad row by file and line
+    pairs = load_pairs(path)
+    out = {lang: [x for _, x in pairs[lang]] for lang in languages if lang in pairs}
+    if "en" in languages:
+        out["en"] = list(dict.fromkeys(en for items in pairs.values() for en, _ in items))
     return {k: v for k, v in out.items() if v}
 
 

@@ -5,6 +5,7 @@ takes `impl="auto" | "triton" | "torch"`:
 
     attention_score_mse(s_q, s_k, t_q, t_k, mask)                   TinyBERT, from Q/K
     attention_prob_kl(s_q, s_k, t_q, t_k, mask, temperature=1.0)    MiniLM, from Q/K
+    attention_relation_kl(s_x, t_x, mask, heads, temperature=1.0)   MiniLMv2, from Q, K or V
     attention_map_mse(s_attn, t_attn, mask)                         on materialised maps
     hidden_mse(s_h, t_h, mask)
     fused_linear_kl(s_h, s_w, t_h, t_w, s_b=None, t_b=None, temperature=2.0, mask=None)
@@ -34,8 +35,8 @@ import torch
 
 from . import reference
 
-__all__ = ["attention_score_mse", "attention_prob_kl", "attention_map_mse", "hidden_mse",
-           "fused_linear_kl", "triton_available", "reference"]
+__all__ = ["attention_score_mse", "attention_prob_kl", "attention_relation_kl", "attention_map_mse",
+           "hidden_mse", "fused_linear_kl", "triton_available", "reference"]
 
 _IMPLS = ("auto", "triton", "torch")
 MAX_HEAD_DIM = 128
@@ -165,6 +166,32 @@ def attention_prob_kl(s_q, s_k, t_q, t_k, mask, temperature: float = 1.0, impl: 
     if _use_triton(impl, s_q, (s_q.shape[-1], t_q.shape[-1])):
         return _triton("attention").attention_prob_kl(s_q, s_k, t_q, t_k, mask, temperature)
     return reference.attention_prob_kl(s_q, s_k, t_q, t_k, mask, temperature)
+
+
+def attention_relation_kl(s_x, t_x, mask, heads: int, temperature: float = 1.0, impl: str = "auto"):
+    """MiniLMv2 self-attention relation KL of one projection (Q, K or V) of each model, given
+    as [B, L, d] (the projection's output: all attention heads side by side; d may differ
+    between the models). Both are split into `heads` relation heads (independent of either
+    model's head count: a narrower student just gets narrower relation heads); per head the
+    relation is softmax_j(x_i·x_jᵀ / √(d/heads)) over real tokens, and the loss is
+    KL(teacher ‖ student), mean over real tokens and heads. It is `attention_prob_kl` with
+    k = q, so the Triton path never stores an L×L map; autograd adds the two gradients
+    (through the query and the key side) of the student's x."""
+    _tensors(s_x=s_x, t_x=t_x)
+    for name, x in (("s_x", s_x), ("t_x", t_x)):
+        if x.dim() != 3:
+            raise ValueError(f"{name}: expected [B, L, d], got shape {_shape(x)}")
+    if _shape(t_x)[:2] != _shape(s_x)[:2]:
+        raise ValueError(f"t_x: [B, L] = {_shape(t_x)[:2]} must equal the student's {_shape(s_x)[:2]} "
+                         f"(s_x {_shape(s_x)}, t_x {_shape(t_x)}; only d may differ)")
+    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
+        raise ValueError(f"heads: expected a positive int, got {heads!r}")
+    for name, x in (("s_x", s_x), ("t_x", t_x)):
+        if x.shape[-1] % heads:
+            raise ValueError(f"heads: {heads} relation heads do not divide {name}'s width {x.shape[-1]} "
+                             f"(s_x {_shape(s_x)}, t_x {_shape(t_x)})")
+    s, t = reference.split_heads(s_x, heads), reference.split_heads(t_x, heads)
+    return attention_prob_kl(s, s, t, t, mask, temperature, impl=impl)
 
 
 def attention_map_mse(s_attn, t_attn, mask, impl: str = "auto"):

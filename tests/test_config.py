@@ -126,6 +126,25 @@ def test_shipped_distill_configs_validate(path):
     assert cfg.student.num_layers >= 1 and cfg.run.max_steps >= 1
 
 
+def _demo_variants() -> dict[str, list[str]]:
+    import re
+    import shlex
+    text = (REPO / "Makefile").read_text()
+    return {m.group(1): shlex.split(m.group(2)) for m in re.finditer(r"^DEMO_OVERRIDES_(\w+) :=(.*)$", text, re.M)}
+
+
+@pytest.mark.parametrize("variant", sorted(_demo_variants()))
+def test_make_demo_variants_are_valid_overrides(variant):
+    """`make demo VARIANT=x` passes DEMO_OVERRIDES_x to the trainer: each must load on top of
+    the demo config (a typo would otherwise surface only after sharding, minutes in)."""
+    from configs import DistillConfig
+    overrides = _demo_variants()[variant]
+    cfg = load(DistillConfig, REPO / "configs" / "distill" / "demo_cpu.yaml", overrides)
+    assert cfg.student.num_layers == 6
+    if variant == "monolingual":
+        assert cfg.data.parallel is False   # the point of the variant: no translation pairs
+
+
 @pytest.mark.parametrize("path", sorted((REPO / "configs" / "data").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_data_configs_validate(path):
     cfg = load(PrepConfig, path)

@@ -1,6 +1,7 @@
-"""deploy.onnx_export: ONNX fp32 equals torch (pooled and token states, padded batches of odd
-lengths, a trimmed model too), dynamic int8 stays close (cosine ≥ 0.99); on the real demo
-teacher (slow, needs the demo assets) int8 retrieval is within 1 point of fp32."""
+"""deploy.onnx_export: ONNX fp32 (graph-optimised) equals torch (pooled and token states,
+padded batches of odd lengths), int8 + int4 embedding rows stays close (cosine ≥ 0.99), the
+graph holds the fused and quantised ops documented; on the real demo teacher (slow, needs
+the demo assets) int8 retrieval is within 1 point of fp32."""
 from __future__ import annotations
 
 import random
@@ -67,6 +68,26 @@ def test_export_cli_and_what_it_ships(exported, tmp_path):
     assert v.shape == (3, 64) and torch.allclose(v.norm(dim=1), torch.ones(3), atol=1e-5)
     size = (exported / "onnx" / "model.int8.onnx").stat().st_size
     assert size < 0.5 * (exported / "onnx" / "model.onnx").stat().st_size
+
+
+def test_graph_is_fused_and_quantized_as_documented(exported):
+    """What the speed and size rest on: ONNX Runtime's fused attention / GELU / layer norms in
+    model.onnx; in model.int8.onnx int8 attention and MatMuls, the down-projections still fp32
+    MatMuls, the embedding tables 4-bit blocks."""
+    import collections
+
+    import onnx
+
+    from deploy.onnx_export import down_projections
+    ops = collections.Counter(n.op_type for n in onnx.load(str(exported / "onnx" / "model.onnx")).graph.node)
+    assert ops["Attention"] == 2 and ops["BiasGelu"] == 2 and ops["SkipLayerNormalization"] == 4, ops
+    q = onnx.load(str(exported / "onnx" / "model.int8.onnx")).graph
+    qops = collections.Counter(n.op_type for n in q.node)
+    # per layer: attention, its output projection and the FFN up-projection in int8
+    assert qops["QAttention"] == 2 and qops["MatMulInteger"] == 4, qops
+    downs = down_projections(exported / "onnx" / "model.onnx")
+    assert len(downs) == 2 and {n.name for n in q.node if n.op_type == "MatMul"} == set(downs)
+    assert qops["GatherBlockQuantized"] >= 1 and qops["Gather"] + qops["GatherBlockQuantized"] == ops["Gather"]
 
 
 @pytest.mark.slow

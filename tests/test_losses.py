@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 from transformers import BertConfig, BertModel
 
 from configs import LossConfig
@@ -99,3 +100,124 @@ def test_relation_kl_matches_float64_reference(seed):
     rotated = t[-1] @ torch.linalg.qr(torch.randn(16, 16, generator=torch.Generator().manual_seed(seed)))[0]
     _, same = objective(relation_weight=1.0, relation="kl")([s[0], rotated], t, {}, {}, mask)
     assert same["relation"].item() == pytest.approx(0.0, abs=1e-5)
+
+
+# ---------------------------------------------------------------- MiniLMv2 attention relations
+def _bert(layers: int, width: int, heads: int, seed: int) -> BertModel:
+    torch.manual_seed(seed)
+    # eval: no dropout; a wide init: peaked relations, so the KL is far from fp32 cancellation
+    return BertModel(BertConfig(vocab_size=50, hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads,
+                                intermediate_size=32, max_position_embeddings=32, initializer_range=0.3)).eval()
+
+
+@pytest.mark.parametrize("s_width,s_heads,R,pairs", [(16, 2, 4, [[2, 3]]), (8, 2, 4, []), (16, 4, 8, [[1, 2], [2, 4]])],
+                         ids=["R4-pair2-3", "narrow-student-last", "R8-two-pairs"])
+def test_attention_relations_match_the_definition_on_the_layers_named(s_width, s_heads, R, pairs):
+    from configs import AttentionRelationsConfig
+    from tests.test_kernels_relations import loop_relation_kl
+    from trainer.capture import ProjectionCapture
+    teacher, student = _bert(4, 16, 2, 0), _bert(2, s_width, s_heads, 1)
+    rel = AttentionRelationsConfig(weight=0.5, heads=R, pairs=pairs)
+    obj = DistillObjective(LossConfig(hidden_weight=0.0, attention="none", attention_relations=rel), student, teacher)
+    used = [tuple(p) for p in pairs] or [(2, 4)]
+    qkv = {"query", "key", "value"}
+    assert obj.captures == ({s - 1: qkv for s, _ in used}, {t - 1: qkv for _, t in used})
+    sc, tc = ProjectionCapture(student, obj.captures[0]), ProjectionCapture(teacher, obj.captures[1])
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(0, 50, (3, 11), generator=g)
+    mask = torch.ones(3, 11, dtype=torch.long)
+    mask[1, 6:] = 0
+    mask[2, 9:] = 0
+    with torch.no_grad():
+        t = teacher(ids, attention_mask=mask, output_hidden_states=True)
+    s = student(ids, attention_mask=mask, output_hidden_states=True)
+    total, terms = obj(s.hidden_states, t.hidden_states, sc.pop_all(), tc.pop_all(), mask)
+    assert set(terms) == {"attn_relation"}
+    # independent: each projection recomputed from its layer's input (hidden state of the layer below)
+    want = 0.0
+    for ls, lt in used:
+        s_att, t_att = student.encoder.layer[ls - 1].attention.self, teacher.encoder.layer[lt - 1].attention.self
+        for n in sorted(qkv):
+            with torch.no_grad():
+                xs = getattr(s_att, n)(s.hidden_states[ls - 1]).double()
+                xt = getattr(t_att, n)(t.hidden_states[lt - 1]).double()
+            want += loop_relation_kl(xs, xt, mask, R).item()
+    want /= len(used)
+    assert terms["attn_relation"].item() == pytest.approx(want, rel=1e-5)
+    assert total.item() == pytest.approx(0.5 * want, rel=1e-5)
+    total.backward()
+    top = student.encoder.layer[max(s for s, _ in used) - 1].attention.self
+    assert all(getattr(top, n).weight.grad.abs().sum() > 0 for n in qkv)
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_attention_relations_bad_settings_name_the_key():
+    from configs import AttentionRelationsConfig
+    from trainer.models import ModelError
+    teacher, student = _bert(4, 16, 2, 0), _bert(2, 12, 2, 1)
+
+    def build(**kw):
+        cfg = LossConfig(hidden_weight=0.0, attention="none", attention_relations=AttentionRelationsConfig(**kw))
+        return DistillObjective(cfg, student, teacher)
+    with pytest.raises(ModelError, match="heads: 8 relation heads do not divide the student's width 12"):
+        build(weight=1.0, heads=8)
+    with pytest.raises(ModelError, match=r"attention_relations.pairs: pair \[3, 4\] out of range"):
+        build(weight=1.0, heads=4, pairs=[[3, 4]])
+    assert build(weight=0.0, heads=8).captures == ({}, {})  # off: nothing captured, nothing checked
+
+
+# ---------------------------------------------------------------- cross-batch relation memory
+@pytest.mark.parametrize("kind", ["mse", "kl"])
+def test_relation_with_a_memory_matches_explicit_loops(kind):
+    from trainer.losses import relation_loss
+    g = torch.Generator().manual_seed(11)
+    unit = lambda x: x / x.norm(dim=-1, keepdim=True)  # noqa: E731
+    ps, pt, ms, mt = (unit(torch.randn(n, 8, generator=g, dtype=torch.float64)) for n in (4, 4, 3, 3))
+    got = relation_loss(ps, pt, kind, 0.1, ms, mt).item()
+    cs, ct = torch.cat([ps, ms]), torch.cat([pt, mt])
+    rows = []
+    for i in range(4):
+        cols = [j for j in range(7) if kind == "mse" or j != i]   # kl: never a sentence with itself
+        s = torch.stack([ps[i] @ cs[j] for j in cols])
+        t = torch.stack([pt[i] @ ct[j] for j in cols])
+        if kind == "mse":
+            rows.append(((s - t) ** 2).mean().item())
+        else:
+            p_t, p_s = torch.softmax(t / 0.1, 0), torch.softmax(s / 0.1, 0)
+            rows.append((p_t * (p_t.log() - p_s.log())).sum().item())
+    assert got == pytest.approx(sum(rows) / 4, rel=1e-10)
+
+
+def test_relation_memory_is_a_fifo_of_training_steps_only():
+    s, t, mask = batch(3, B=5)
+    obj = objective(relation_weight=1.0, relation_memory=7)
+    obj([x.requires_grad_() for x in s], t, {}, {}, mask)
+    first_s = obj.memory.s.clone()
+    assert first_s.shape == (5, 16) and not obj.memory.s.requires_grad
+    s2, t2, _ = batch(4, B=5)
+    _, terms = obj(s2, t2, {}, {}, mask)
+    # the second step's relations reach the first step's sentences
+    from trainer.losses import relation_loss
+    pool = lambda h: nn.functional.normalize(mean_pool(h, mask), dim=-1)  # noqa: E731
+    want = relation_loss(pool(s2[-1]), pool(t2[-1]), "mse", 0.05, first_s, pool(t[-1]))
+    assert terms["relation"].item() == pytest.approx(want.item(), rel=1e-6)
+    assert obj.memory.s.shape == (7, 16)                            # capped, newest first
+    assert torch.allclose(obj.memory.s[:5], pool(s2[-1])) and torch.allclose(obj.memory.s[5:], first_s[:2])
+    with torch.no_grad():                                            # evaluation passes never enter it
+        obj(s, t, {}, {}, mask)
+    assert torch.allclose(obj.memory.s[:5], pool(s2[-1]))
+    with pytest.raises(ValueError, match="relation_memory: must be >= 0"):
+        LossConfig(relation_memory=-1)
+
+
+def test_a_non_finite_batch_does_not_poison_the_memory():
+    from trainer.losses import RelationMemory, relation_loss
+    mem = RelationMemory(6)
+    good = nn.functional.normalize(torch.randn(3, 4), dim=-1)
+    bad = good.clone()
+    bad[1, 2] = float("nan")
+    mem.push(bad, good)
+    assert torch.isfinite(mem.s).all() and mem.s[1].abs().sum() == 0 and mem.t[1].abs().sum() == 0
+    assert torch.equal(mem.s[0], good[0]) and torch.equal(mem.t[2], good[2])
+    for kind in ("mse", "kl"):
+        assert torch.isfinite(relation_loss(good, good, kind, 0.05, mem.s, mem.t))

@@ -252,10 +252,10 @@ def _tiny_teacher(mlm: bool, layers=4):
 
 
 def _objective_step(teacher, student, loss_cfg, labels=None):
-    from trainer.capture import QKCapture
+    from trainer.capture import ProjectionCapture
     from trainer.losses import DistillObjective
     obj = DistillObjective(loss_cfg, student, teacher)
-    sc, tc = QKCapture(student, obj.attention_layers[0]), QKCapture(teacher, obj.attention_layers[1])
+    sc, tc = ProjectionCapture(student, obj.captures[0]), ProjectionCapture(teacher, obj.captures[1])
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(5, 300, (3, 13), generator=g)
     mask = torch.ones(3, 13, dtype=torch.long)
@@ -263,8 +263,8 @@ def _objective_step(teacher, student, loss_cfg, labels=None):
     with torch.no_grad():
         t = teacher(ids, attention_mask=mask, output_hidden_states=True)
     s = student(ids, attention_mask=mask, output_hidden_states=True)
-    total, terms = obj(s.hidden_states, t.hidden_states, {i: sc.pop(i) for i in obj.attention_layers[0]},
-                       {i: tc.pop(i) for i in obj.attention_layers[1]}, mask, student, teacher, labels)
+    total, terms = obj(s.hidden_states, t.hidden_states, sc.pop_all(), tc.pop_all(), mask, student, teacher,
+                       labels)
     total.backward()
     return obj, total, terms
 

@@ -1,8 +1,9 @@
 """Collect what the losses need from a forward pass, without eager attention.
 
-Forward hooks on each mapped layer's query/key projections capture Q and K ([B, L, H·D] →
-[B, H, L, D]), so both models keep fused SDPA attention and never build an L×L map; the
-hidden states come from `output_hidden_states`.
+Forward hooks on the query/key/value projections of the layers the objective names capture
+their outputs ([B, L, H·D], all heads side by side; the objective splits them into attention
+heads or relation heads), so both models keep fused SDPA attention and never build an L×L map;
+the hidden states come from `output_hidden_states`.
 """
 from __future__ import annotations
 
@@ -10,31 +11,39 @@ from torch import nn
 
 from .models import encoder_of
 
+PROJECTIONS = ("query", "key", "value")
 
-class QKCapture:
-    def __init__(self, model: nn.Module, layers: list[int]):
+
+class ProjectionCapture:
+    def __init__(self, model: nn.Module, wants: dict[int, set[str]]):
+        """`wants`: 0-based layer → the projections ("query", "key", "value") to keep."""
         enc = encoder_of(model)
-        self.heads = enc.config.num_attention_heads
-        self.q: dict[int, object] = {}
-        self.k: dict[int, object] = {}
+        self.wants = {i: sorted(names) for i, names in wants.items() if names}
+        self.store: dict[int, dict[str, object]] = {}
         self._hooks = []
-        for i in layers:
+        for i, names in self.wants.items():
             att = enc.encoder.layer[i].attention.self
-            self._hooks.append(att.query.register_forward_hook(self._save(self.q, i)))
-            self._hooks.append(att.key.register_forward_hook(self._save(self.k, i)))
+            for name in names:
+                if name not in PROJECTIONS:
+                    raise ValueError(f"unknown projection {name!r} (one of {PROJECTIONS})")
+                self._hooks.append(getattr(att, name).register_forward_hook(self._save(i, name)))
 
-    def _save(self, store: dict, i: int):
+    def _save(self, i: int, name: str):
         def hook(_module, _inputs, out):
-            B, L, HD = out.shape
-            store[i] = out.view(B, L, self.heads, HD // self.heads).transpose(1, 2)
+            self.store.setdefault(i, {})[name] = out
         return hook
 
-    def pop(self, i: int):
-        return self.q.pop(i), self.k.pop(i)
+    def pop_all(self) -> dict[int, dict[str, object]]:
+        """Every captured output of the last forward pass, {layer: {projection: [B, L, H·D]}};
+        forgets them (nothing stays alive into the next step)."""
+        missing = [(i, n) for i, names in self.wants.items() for n in names if n not in self.store.get(i, {})]
+        if missing:
+            raise RuntimeError(f"no output captured for (layer, projection) {missing}: did the forward run?")
+        out, self.store = self.store, {}
+        return out
 
     def clear(self) -> None:
-        self.q.clear()
-        self.k.clear()
+        self.store = {}
 
     def remove(self) -> None:
         for h in self._hooks:

@@ -51,6 +51,8 @@ class Checkpointer:
     def __init__(self, run_dir: str | os.PathLike, keep: int, rank: int):
         self.dir = Path(run_dir) / "checkpoints"
         self.keep, self.rank = keep, rank
+        self._picked: tuple[str | None] | None = None  # resume_tag()'s one pick
+        self._saved: str | None = None                   # the last tag save() wrote
 
     def latest(self) -> str | None:
         """The checkpoint to resume from, or None for a fresh run (see the module docstring)."""
@@ -74,6 +76,19 @@ class Checkpointer:
                               + f"none of the checkpoints {tags} is complete; refusing to restart from step 0 "
                               f"over them (move or delete {self.dir} to start a new run)")
 
+    def resume_tag(self) -> str | None:
+        """`latest()`, picked once: `reshape()` and `load()` must resume the same checkpoint
+        (and a fallback warning is printed once)."""
+        if self._picked is None:
+            self._picked = (self.latest(),)
+        return self._picked[0]
+
+    def has(self, step: int) -> bool:
+        """Whether this run resumed from or wrote the checkpoint of `step` (no directory scan,
+        so no second fallback warning)."""
+        tag = f"step{step:08d}"
+        return tag == self._saved or (self._picked is not None and tag == self._picked[0])
+
     def save(self, engine, step: int, client_state: dict) -> str:
         tag = f"step{step:08d}"
         world = dist.get_world_size()
@@ -89,6 +104,7 @@ class Checkpointer:
             for old in tags[:-self.keep]:
                 shutil.rmtree(self.dir / old, ignore_errors=True)
         dist.barrier()
+        self._saved = tag
         return tag
 
     def _saved_world(self, tag: str) -> int:
@@ -101,7 +117,7 @@ class Checkpointer:
         by another number of ranks. Rank 0 then converts it once into DeepSpeed's universal
         form (<tag>/universal, ds_to_universal), which the engine must load with
         `checkpoint.load_universal` to re-partition the optimizer state."""
-        tag = self.latest()
+        tag = self.resume_tag()
         if tag is None or self._saved_world(tag) == dist.get_world_size():
             return False
         out = self.dir / tag / "universal"
@@ -126,11 +142,11 @@ class Checkpointer:
         return True
 
     def load(self, engine) -> dict | None:
-        """Restore the checkpoint `latest()` picks into `engine`; returns its client state plus
+        """Restore the checkpoint `resume_tag()` picks into `engine`; returns its client state plus
         `tag` and `saved_world`. Written by another number of ranks (see `reshape`): loaded
         from its universal form, and the RNG states are not restored (there is none for a new
         rank; the caller seeds them)."""
-        tag = self.latest()
+        tag = self.resume_tag()
         if tag is None:
             return None
         rng = self.dir / tag / f"rng_rank{self.rank}.pt"

@@ -108,6 +108,11 @@ class ParallelPairs:
         en, trs = self.items[ref[0]]
         return (en, *trs[ref[1]])
 
+    def length(self, ref: list[int]) -> int:
+        """Tokens of the longer side of one drawn pair (the length batches are grouped by)."""
+        en, _, x = self.get(ref)
+        return max(len(en), len(x))
+
 
 class Stream:
     """One (rank, worker) stream: its cursors, mix, pool and their state (see the module
@@ -183,7 +188,8 @@ class Stream:
         pairs = self.ds.parallel.draw(random.Random(f"{self.key}/parallel/{self.pools}"), K * G) if K else []
         if G > 1:
             samples.sort(key=lambda s: len(s[1]))  # stable
-            pairs.sort(key=lambda r: max(len(self.ds.parallel.get(r)[0]), len(self.ds.parallel.get(r)[2])))
+            if pairs:
+                pairs.sort(key=self.ds.parallel.length)
         groups = [(samples[i * B:(i + 1) * B], pairs[i * K:(i + 1) * K]) for i in range(G)]
         if G > 1:
             random.Random(f"{self.key}/group/{self.pools}").shuffle(groups)

@@ -21,7 +21,7 @@ from torch import nn
 from configs import DistillConfig
 from data_prep.manifest import read_manifest
 
-from .capture import QKCapture
+from .capture import ProjectionCapture
 from .checkpoint import Checkpointer
 from .checks import check_config, check_tokenizer, mask_id
 from .data import build_loader
@@ -45,17 +45,16 @@ class DistillModule(nn.Module):
     def __init__(self, student: nn.Module, objective: DistillObjective):
         super().__init__()
         self.student, self.objective = student, objective
-        self.capture = QKCapture(student, objective.attention_layers[0])
+        self.capture = ProjectionCapture(student, objective.captures[0])
         # saved by DeepSpeed with every checkpoint: what its ds_to_universal converter needs to
         # re-partition the optimizer state for another number of ranks (no tensor parallelism)
         from deepspeed.checkpoint.constants import UNIVERSAL_CHECKPOINT_VERSION_KEY, UNIVERSAL_CHECKPOINT_VERSION_VALUE
         self.universal_checkpoint_info = {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}
 
-    def forward(self, input_ids, attention_mask, t_hidden, t_qk, teacher=None, labels=None):
+    def forward(self, input_ids, attention_mask, t_hidden, t_proj, teacher=None, labels=None):
         out = self.student(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-        s_qk = {i: self.capture.pop(i) for i in self.objective.attention_layers[0]}
-        return self.objective(out.hidden_states, t_hidden, s_qk, t_qk, attention_mask, self.student,
-                              teacher, labels)
+        return self.objective(out.hidden_states, t_hidden, self.capture.pop_all(), t_proj, attention_mask,
+                              self.student, teacher, labels)
 
 
 def init_dist(cuda: bool) -> tuple[int, int]:
@@ -114,7 +113,7 @@ class Distiller:
         # 4. student (+ the objective's projection), identical on every rank
         student, self.copied_layers = build_student(self.teacher, cfg.student, run.seed)
         objective = DistillObjective(cfg.loss, student, self.teacher)
-        self.t_capture = QKCapture(self.teacher, objective.attention_layers[1])
+        self.t_capture = ProjectionCapture(self.teacher, objective.captures[1])
         self.module = DistillModule(student, objective)
 
         # 5. engine: the ds_config generated from our config; only trainable params optimised
@@ -191,8 +190,7 @@ class Distiller:
         with torch.no_grad():
             out = self.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                output_hidden_states=True)
-            t_qk = {i: self.t_capture.pop(i) for i in self.module.objective.attention_layers[1]}
-        return out.hidden_states, t_qk
+        return out.hidden_states, self.t_capture.pop_all()
 
     def _evaluate(self) -> bool:
         """Live retrieval on every rank (sharded); rank 0 logs. True when the drop alarm is up."""
@@ -235,7 +233,7 @@ class Distiller:
                 return EXIT_PREEMPTED
             if run.save_interval and self.step % run.save_interval == 0 and self.step < run.max_steps:
                 self.ckpt.save(self.engine, self.step, self.state())
-        if self.ckpt.latest() != f"step{self.step:08d}":
+        if not self.ckpt.has(self.step):
             self.ckpt.save(self.engine, self.step, self.state())
         if run.export:
             from .export import export_live

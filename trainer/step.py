@@ -73,8 +73,8 @@ class Stepper:
             host = next(data_iter)
             batch = {k: v.to(self.device, non_blocking=True) for k, v in host.items()
                      if isinstance(v, torch.Tensor)}
-            t_hidden, t_qk = self.teacher_forward(batch)
-            loss, terms = self.engine(batch["input_ids"], batch["attention_mask"], t_hidden, t_qk,
+            t_hidden, t_proj = self.teacher_forward(batch)
+            loss, terms = self.engine(batch["input_ids"], batch["attention_mask"], t_hidden, t_proj,
                                       self.teacher, batch.get("labels"))
             keys = ["total", *terms]
             local = torch.stack([(~torch.isfinite(loss)).to(torch.float64),
