@@ -71,20 +71,10 @@ def attention_prob_kl(s_q, s_k, t_q, t_k, mask, temperature: float = 1.0, comput
 
 
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    """[B, L, d] → [B, heads, L, d / heads] (a view): MiniLMv2's relation heads, chosen
-    independently of the model's own attention heads."""
+    """[B, L, d] → [B, heads, L, d / heads] (a view): a projection's output split into
+    attention heads, or into MiniLMv2's relation heads (any count that divides d)."""
     B, L, d = x.shape
     return x.view(B, L, heads, d // heads).transpose(1, 2)
-
-
-def attention_relation_kl(s_x, t_x, mask, heads: int, temperature: float = 1.0,
-                          compute_dtype=None) -> torch.Tensor:
-    """MiniLMv2's self-attention relation loss for one projection (Q, K or V), [B, L, d] per
-    model (widths may differ): split into `heads` relation heads, the relation of a head is
-    softmax_j(x_i·x_jᵀ/√(d/heads)) over real tokens, KL(teacher ‖ student) averaged over real
-    tokens and relation heads — `attention_prob_kl` with k = q."""
-    s, t = split_heads(s_x, heads), split_heads(t_x, heads)
-    return attention_prob_kl(s, s, t, t, mask, temperature, compute_dtype)
 
 
 def hidden_mse(s_h: torch.Tensor, t_h: torch.Tensor, mask: torch.Tensor,

@@ -42,9 +42,6 @@ class ProjectionCapture:
         out, self.store = self.store, {}
         return out
 
-    def clear(self) -> None:
-        self.store = {}
-
     def remove(self) -> None:
         for h in self._hooks:
             h.remove()
