@@ -90,6 +90,21 @@ def test_graph_is_fused_and_quantized_as_documented(exported):
     assert qops["GatherBlockQuantized"] >= 1 and qops["Gather"] + qops["GatherBlockQuantized"] == ops["Gather"]
 
 
+def test_int8_weights_cannot_saturate_avx2(exported):
+    """Every int8 weight of the layers lies in [-64, 64]: on CPUs without VNNI the u8 × s8
+    pair sums are int16 (vpmaddubsw) and saturate with full-range weights, which cost 0.6
+    retrieval points on an AVX2-only CPU."""
+    import onnx
+    from onnx import numpy_helper
+    q = onnx.load(str(exported / "onnx" / "model.int8.onnx")).graph
+    inits = {t.name: t for t in q.initializer}
+    weights = [n.input[1] for n in q.node if n.op_type in ("MatMulInteger", "QAttention")]
+    assert len(weights) == 6
+    for name in weights:
+        w = numpy_helper.to_array(inits[name])
+        assert w.dtype == np.int8 and -64 <= w.min() and w.max() <= 64, (name, w.min(), w.max())
+
+
 @pytest.mark.slow
 def test_int8_retrieval_within_a_point_of_fp32_on_the_demo_teacher(tmp_path):
     """The real multilingual model (multilingual-E5, 6 bottom layers: the demo's student

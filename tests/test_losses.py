@@ -151,6 +151,36 @@ def test_attention_relations_match_the_definition_on_the_layers_named(s_width, s
     assert all(p.grad is None for p in teacher.parameters())
 
 
+def test_hidden_relations_use_the_output_states_and_train_the_whole_layer():
+    """`hidden`: the self-relations of the paired layers' output states (no projection captured);
+    unlike Q/K/V they reach the paired layer's attention output and feed-forward."""
+    from configs import AttentionRelationsConfig
+    from tests.test_kernels_relations import loop_relation_kl
+    from trainer.capture import ProjectionCapture
+    teacher, student = _bert(4, 16, 2, 0), _bert(2, 8, 2, 1)
+    rel = AttentionRelationsConfig(weight=2.0, heads=4, pairs=[[2, 3]], relations=["hidden", "value"])
+    obj = DistillObjective(LossConfig(hidden_weight=0.0, attention="none", attention_relations=rel), student, teacher)
+    assert obj.captures == ({1: {"value"}}, {2: {"value"}})
+    sc, tc = ProjectionCapture(student, obj.captures[0]), ProjectionCapture(teacher, obj.captures[1])
+    ids = torch.randint(0, 50, (2, 9), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[1, 5:] = 0
+    with torch.no_grad():
+        t = teacher(ids, attention_mask=mask, output_hidden_states=True)
+    s = student(ids, attention_mask=mask, output_hidden_states=True)
+    total, terms = obj(s.hidden_states, t.hidden_states, sc.pop_all(), tc.pop_all(), mask)
+    with torch.no_grad():
+        vs = student.encoder.layer[1].attention.self.value(s.hidden_states[1]).double()
+        vt = teacher.encoder.layer[2].attention.self.value(t.hidden_states[2]).double()
+    want = (loop_relation_kl(s.hidden_states[2].detach().double(), t.hidden_states[3].double(), mask, 4)
+            + loop_relation_kl(vs, vt, mask, 4)).item()
+    assert terms["attn_relation"].item() == pytest.approx(want, rel=1e-5)
+    total.backward()
+    top = student.encoder.layer[1]
+    assert top.output.dense.weight.grad.abs().sum() > 0          # the feed-forward of the paired layer
+    assert top.attention.output.dense.weight.grad.abs().sum() > 0
+
+
 def test_attention_relations_bad_settings_name_the_key():
     from configs import AttentionRelationsConfig
     from trainer.models import ModelError

@@ -128,7 +128,7 @@ class DistillObjective(nn.Module):
         if self.cfg.attention_relations.weight > 0:
             for pair in self.rel_pairs:
                 for side, layer in zip(wants, pair):
-                    side.setdefault(layer - 1, set()).update(self.cfg.attention_relations.relations)
+                    side.setdefault(layer - 1, set()).update(set(self.cfg.attention_relations.relations) - {"hidden"})
         return wants
 
     def _h(self, h: torch.Tensor) -> torch.Tensor:
@@ -152,9 +152,12 @@ class DistillObjective(nn.Module):
                                         *(split_heads(t_proj[t - 1][n], ht) for n in qk), mask, impl=impl, **extra)
                                      for s, t in self.pairs) / len(self.pairs)
         rel = c.attention_relations
-        if rel.weight > 0:  # MiniLMv2: Σ over Q–Q, K–K, V–V, mean over the pairs
+        if rel.weight > 0:  # MiniLMv2: Σ over Q–Q, K–K, V–V (and/or output states), mean over the pairs
+            def x(side_hidden, side_proj, layer, name):
+                return side_hidden[layer] if name == "hidden" else side_proj[layer - 1][name]
             terms["attn_relation"] = sum(
-                kernels.attention_relation_kl(s_proj[s - 1][n], t_proj[t - 1][n], mask, rel.heads, impl=impl)
+                kernels.attention_relation_kl(x(s_hidden, s_proj, s, n), x(t_hidden, t_proj, t, n), mask,
+                                              rel.heads, impl=impl)
                 for s, t in self.rel_pairs for n in rel.relations) / len(self.rel_pairs)
         if c.pooled_weight > 0 or c.relation_weight > 0:
             # sentence level: always the last layers, whatever the layer map
