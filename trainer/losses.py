@@ -4,7 +4,8 @@ Layers are numbered as in `output_hidden_states`: 0 = embeddings, i = output of 
 Default map (`uniform`): student layer i ↔ teacher layer i·L_t/L_s (TinyBERT), so a 6-layer
 student of a 12-layer teacher pairs 1↔2, 2↔4, …, 6↔12. The attention loss of a pair uses the
 Q/K of those layers; the MiniLMv2 relations (`attention_relations`) have pairs of their own
-(default: last ↔ last) and use Q, K and V. Padding never contributes (every kernel takes the mask).
+(default: last ↔ last) and use Q, K and V and/or the output states (`hidden`). Padding never
+contributes (every kernel takes the mask).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import kernels
 from configs import LossConfig
 from evaluation.pooling import mean_pool  # the pooling evaluation scores
 
+from .capture import PROJECTIONS
 from .models import ModelError, encoder_of
 
 split_heads = kernels.reference.split_heads  # [B, L, H·D] → [B, H, L, D]
@@ -125,10 +127,12 @@ class DistillObjective(nn.Module):
             for pair in self.pairs:
                 for side, layer in zip(wants, pair):
                     side.setdefault(layer - 1, set()).update(("query", "key"))
-        if self.cfg.attention_relations.weight > 0:
+        # `hidden` (the output states) comes from output_hidden_states: nothing to capture
+        projections = set(self.cfg.attention_relations.relations) & set(PROJECTIONS)
+        if self.cfg.attention_relations.weight > 0 and projections:
             for pair in self.rel_pairs:
                 for side, layer in zip(wants, pair):
-                    side.setdefault(layer - 1, set()).update(set(self.cfg.attention_relations.relations) - {"hidden"})
+                    side.setdefault(layer - 1, set()).update(projections)
         return wants
 
     def _h(self, h: torch.Tensor) -> torch.Tensor:
