@@ -209,6 +209,9 @@ class StudentConfig:
     """Teacher layer indices (0-based) for layer_selection = list."""
     freeze_embeddings: bool = True
     """Keep the (copied) embedding layer frozen: no gradient, not in the optimizer."""
+    freeze_layers: int = 0
+    """Also keep the student's bottom N transformer layers frozen (no gradient, not in the
+    optimizer): only the layers above them learn."""
     hidden_size: int | None = None
     """A different width than the teacher's: random init (nothing can be copied) and a learned
     projection student → teacher width for the hidden loss. Needs freeze_embeddings: false."""
@@ -228,6 +231,9 @@ class StudentConfig:
         if self.layer_selection == "list" and len(self.layers) != self.num_layers:
             raise ValueError(f"layers: layer_selection=list needs {self.num_layers} entries, "
                              f"got {self.layers}")
+        if not 0 <= self.freeze_layers < self.num_layers:
+            raise ValueError(f"freeze_layers: must be in [0, num_layers={self.num_layers}), "
+                             f"got {self.freeze_layers}")
         if self.hidden_size is not None and self.freeze_embeddings:
             raise ValueError("hidden_size: a different width cannot keep the teacher's frozen "
                              "embeddings; set freeze_embeddings: false")
@@ -292,9 +298,11 @@ class LossConfig:
     """Sentence-level term on the in-batch cosine-similarity matrices of the student's and the
     teacher's mean-pooled last hidden states (the geometry retrieval uses; blind to rotations,
     so the student need not move into the teacher's coordinates)."""
-    relation: Literal["mse", "kl"] = "mse"
+    relation: Literal["mse", "kl", "pearson"] = "mse"
     """mse: squared difference of the similarities; kl: KL(teacher ‖ student) between each row's
-    softmax over the other sentences at `relation_temperature` (the ranking retrieval uses)."""
+    softmax over the other sentences at `relation_temperature` (the ranking retrieval uses);
+    pearson: squared difference of each row's standardised similarities to the other sentences
+    (2 − 2·Pearson r: blind to a row's shift and scale, as its ranking is)."""
     relation_temperature: float = 0.05
     """Temperature of the kl relation."""
     relation_memory: int = 0

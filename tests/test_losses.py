@@ -2,6 +2,8 @@
 explicit float64 computations; padding never counts."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -251,3 +253,45 @@ def test_a_non_finite_batch_does_not_poison_the_memory():
     assert torch.equal(mem.s[0], good[0]) and torch.equal(mem.t[2], good[2])
     for kind in ("mse", "kl"):
         assert torch.isfinite(relation_loss(good, good, kind, 0.05, mem.s, mem.t))
+
+
+_PEARSON_SEEDS = [0, 3, int.from_bytes(os.urandom(2), "little")]
+
+
+@pytest.mark.parametrize("seed", _PEARSON_SEEDS)
+@pytest.mark.parametrize("memory", [0, 3])
+def test_pearson_relation_is_two_minus_two_r_per_row(seed, memory):
+    """Against numpy's corrcoef, row by row over the other sentences (and the memory)."""
+    import numpy as np
+
+    from trainer.losses import relation_loss
+    g = torch.Generator().manual_seed(seed)
+    unit = lambda x: x / x.norm(dim=-1, keepdim=True)  # noqa: E731
+    B, d = 5, 7
+    ps, pt = (unit(torch.randn(B, d, generator=g, dtype=torch.float64)) for _ in range(2))
+    ms, mt = ((unit(torch.randn(memory, d, generator=g, dtype=torch.float64)) for _ in range(2))
+              if memory else (None, None))
+    got = relation_loss(ps, pt, "pearson", 0.05, ms, mt).item()
+    cs = ps.numpy() if ms is None else np.concatenate([ps.numpy(), ms.numpy()])
+    ct = pt.numpy() if mt is None else np.concatenate([pt.numpy(), mt.numpy()])
+    rows = []
+    for i in range(B):
+        cols = [j for j in range(len(cs)) if j != i]
+        s = np.array([ps[i].numpy() @ cs[j] for j in cols])
+        t = np.array([pt[i].numpy() @ ct[j] for j in cols])
+        rows.append(2 - 2 * np.corrcoef(s, t)[0, 1])
+    assert got == pytest.approx(float(np.mean(rows)), rel=1e-4, abs=1e-8), f"seed {seed}"
+    # blind to a rotation of the student's space, and zero for identical geometry
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    assert relation_loss(ps @ q, pt, "pearson", 0.05, None if ms is None else ms @ q, mt).item() == \
+        pytest.approx(got, rel=1e-9), f"seed {seed}"
+    assert relation_loss(pt, pt, "pearson", 0.05, mt, mt).item() < 1e-9
+
+
+def test_pearson_relation_of_one_sentence_is_zero_not_nan():
+    from trainer.losses import relation_loss
+    v = nn.functional.normalize(torch.randn(1, 4), dim=-1).requires_grad_()
+    loss = relation_loss(v, v.detach() + 0.1, "pearson", 0.05)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.isfinite(v.grad).all()

@@ -225,6 +225,19 @@ def test_student_layers_copied_and_embeddings_frozen_at_init():
     assert all(p.requires_grad for p in s.embeddings.parameters())
     with pytest.raises(ModelError, match="num_layers=7 > the teacher's 6"):
         build_student(t, StudentConfig(num_layers=7), 0)
+    # freeze_layers: the bottom layers join the embeddings outside the optimizer
+    from trainer.optim import param_groups
+    s, _ = build_student(t, StudentConfig(num_layers=3, freeze_layers=2), 0)
+    frozen = {id(p) for layer in s.encoder.layer[:2] for p in layer.parameters()}
+    assert all(not p.requires_grad for layer in s.encoder.layer[:2] for p in layer.parameters())
+    assert all(p.requires_grad for p in s.encoder.layer[2].parameters())
+    optimised = {id(p) for g in param_groups(s, 0.01) for p in g["params"]}
+    assert optimised and not optimised & frozen
+    trainable = {n.split(".")[0] + "." + n.split(".")[1] for n, p in s.named_parameters() if id(p) in optimised}
+    assert trainable <= {"encoder.layer", "pooler.dense"}, trainable  # random-init teacher: a pooler
+    assert {id(p) for p in s.encoder.layer[2].parameters()} <= optimised
+    with pytest.raises(ValueError, match=r"freeze_layers: must be in \[0, num_layers=3\), got 3"):
+        StudentConfig(num_layers=3, freeze_layers=3)
 
 
 @pytest.mark.slow

@@ -113,6 +113,9 @@ def build_student(teacher: nn.Module, cfg: StudentConfig, seed: int) -> tuple[nn
     if cfg.freeze_embeddings:
         for p in encoder_of(student).embeddings.parameters():
             p.requires_grad_(False)
+    for layer in encoder_of(student).encoder.layer[:cfg.freeze_layers]:
+        for p in layer.parameters():
+            p.requires_grad_(False)
     student.train()
     return student, layers
 
