@@ -211,7 +211,8 @@ class StudentConfig:
     """Keep the (copied) embedding layer frozen: no gradient, not in the optimizer."""
     freeze_layers: int = 0
     """Also keep the student's bottom N transformer layers frozen (no gradient, not in the
-    optimizer): only the layers above them learn."""
+    optimizer): only the layers above them learn. On the demo (monolingual relation MSE, sweep
+    scale) 3 of 6 frozen gave 0.905 / 0.913 (two seeds) against 0.898 without."""
     hidden_size: int | None = None
     """A different width than the teacher's: random init (nothing can be copied) and a learned
     projection student → teacher width for the hidden loss. Needs freeze_embeddings: false."""
@@ -302,7 +303,8 @@ class LossConfig:
     """mse: squared difference of the similarities; kl: KL(teacher ‖ student) between each row's
     softmax over the other sentences at `relation_temperature` (the ranking retrieval uses);
     pearson: squared difference of each row's standardised similarities to the other sentences
-    (2 − 2·Pearson r: blind to a row's shift and scale, as its ranking is)."""
+    (2 − 2·Pearson r: blind to a row's shift and scale, as its ranking is). On the demo
+    (monolingual) pearson 0.845 and kl 0.847 fell below the truncation; mse 0.898."""
     relation_temperature: float = 0.05
     """Temperature of the kl relation."""
     relation_memory: int = 0
