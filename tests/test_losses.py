@@ -255,7 +255,8 @@ def test_a_non_finite_batch_does_not_poison_the_memory():
         assert torch.isfinite(relation_loss(good, good, kind, 0.05, mem.s, mem.t))
 
 
-_PEARSON_SEEDS = [0, 3, int.from_bytes(os.urandom(2), "little")]
+# the random seed is printed on failure; LIGHTMBERT_TEST_SEED=<seed> reproduces it (as in the kernel tests)
+_PEARSON_SEEDS = [0, 3, int(os.environ.get("LIGHTMBERT_TEST_SEED") or int.from_bytes(os.urandom(2), "little"))]
 
 
 @pytest.mark.parametrize("seed", _PEARSON_SEEDS)

@@ -69,11 +69,11 @@ def relation_loss(ps: torch.Tensor, pt: torch.Tensor, kind: str, temperature: fl
     B = len(ps)
     off = torch.ones_like(ss, dtype=torch.bool)
     off[:, :B] &= ~torch.eye(B, dtype=torch.bool, device=ps.device)
+    rs, rt = ss[off].view(B, -1), st[off].view(B, -1)
     if kind == "pearson":
         # per row: standardised similarities (= 2 − 2·Pearson r per row). Blind to each row's
         # shift and scale, as a query's ranking is: E5 puts every similarity in a narrow band,
         # whose offset and width the student need not copy
-        rs, rt = ss[off].view(B, -1), st[off].view(B, -1)
         if rs.shape[1] < 2:  # one sentence and no memory: no ranking to match
             return ss.sum() * 0.0
 
@@ -81,8 +81,8 @@ def relation_loss(ps: torch.Tensor, pt: torch.Tensor, kind: str, temperature: fl
             r = r - r.mean(-1, keepdim=True)
             return r / (r.pow(2).mean(-1, keepdim=True).sqrt() + 1e-6)
         return (z(rs) - z(rt)).pow(2).mean()
-    ls = torch.log_softmax(ss[off].view(B, -1) / temperature, dim=-1)
-    lt = torch.log_softmax(st[off].view(B, -1) / temperature, dim=-1)
+    ls = torch.log_softmax(rs / temperature, dim=-1)
+    lt = torch.log_softmax(rt / temperature, dim=-1)
     return (lt.exp() * (lt - ls)).sum(-1).mean()
 
 
