@@ -1,33 +1,70 @@
 # All setup on a fresh machine: `make setup` (idempotent; seconds when already done).
-#   make demo   - the offline demo (fetch real assets, shard the multilingual corpus, ...)
-#   make test   - the test suite (what .ci/run calls)
-#   make bench  - benchmarks (run by hand; print a table, write CSV under runs/bench)
-# On a GPU cluster override TORCH (e.g. `make setup TORCH=torch`) to get your CUDA build.
+#   make demo         the offline demo (real multilingual teacher + text → distil → evaluate → ship)
+#   make test         the whole test suite, in the locked environment (what .ci/run calls first)
+#   make test-fast    the fast tier (tests not marked slow), locked environment
+#   make test-latest  the fast tier in a fresh venv with the newest releases our ranges admit
+#   make lock         regenerate requirements-lock.txt from those newest releases
+#   make bench        benchmarks (run by hand; print a table, write CSV under runs/bench)
+# On a GPU cluster override TORCH with your CUDA build of the locked torch version.
 PYTHON ?= python3
 VENV   ?= .venv
-TORCH  ?= torch==2.13.0
+# The lock: exact versions of every package `make setup` installs, transitive ones included
+# (Linux x86_64, CPython 3.11, CPU torch). pyproject.toml keeps the ranges.
+LOCK   ?= requirements-lock.txt
+TORCH  ?= torch
+EXTRAS ?= dev,triton,demo,bench,deploy
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
 STAMP  := $(VENV)/.lightmbert-setup
+# The newest releases (make test-latest, make lock). torch is the platform, not a dependency we
+# track: the local CPU build (any other version pulls GBs of CUDA wheels on these machines).
+LATEST       ?= .venv-latest
+TORCH_LATEST ?= torch==2.13.0
+LPY          := $(LATEST)/bin/python
+LPIP         := $(LPY) -m pip --disable-pip-version-check
+PYTEST_FAST  := -m pytest -q tests -m "not slow"
 export LIGHTMBERT_CACHE ?= $(HOME)/.cache/lightmbert
 
-.PHONY: setup demo demo-assets test test-fast bench gpu-check gpu-wheels clean
+.PHONY: setup demo demo-assets test test-fast test-latest latest-env lock bench gpu-check gpu-wheels clean
 
 setup: $(STAMP)
 
-# torch first and pinned (an unpinned torch, or deepspeed before torch, pulls GBs of CUDA
-# wheels); deepspeed without build isolation so it records the torch we just installed and
-# compiles no ops now (DeepSpeed JIT-compiles what it needs on first use).
-$(STAMP): setup.py Makefile
+# torch first (a package that asks for torch before it is there pulls GBs of CUDA wheels);
+# deepspeed without build isolation so it records the torch we just installed and compiles no
+# ops now (DeepSpeed JIT-compiles what it needs on first use); then everything else exactly as
+# locked, and `pip check` that the set is consistent.
+$(STAMP): pyproject.toml $(LOCK) Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q "setuptools>=68" wheel
-	$(PIP) install -q "$(TORCH)"
-	DS_BUILD_OPS=0 $(PIP) install -q --no-build-isolation "deepspeed>=0.15"
-	$(PIP) install -q -e ".[dev,triton,demo,bench,deploy]"
+	$(PIP) install -q -c $(LOCK) setuptools wheel
+	$(PIP) install -q -c $(LOCK) "$(TORCH)"
+	DS_BUILD_OPS=0 $(PIP) install -q --no-build-isolation -c $(LOCK) deepspeed
+	$(PIP) install -q --no-build-isolation -r $(LOCK) -e ".[$(EXTRAS)]"
+	$(PIP) check
 	touch $@
 
+# A fresh venv with the newest releases pyproject.toml's ranges admit (same install order).
+latest-env:
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LPIP) install -q --upgrade setuptools wheel
+	$(LPIP) install -q "$(TORCH_LATEST)"
+	DS_BUILD_OPS=0 $(LPIP) install -q --no-build-isolation deepspeed
+	$(LPIP) install -q --no-build-isolation -e ".[$(EXTRAS)]"
+	$(LPIP) check
+	@$(LPIP) freeze --all --exclude-editable | grep -v '^pip==' \
+	  | sed 's/^torch==\([^+]*\)+.*/torch==\1/' > $(LATEST)/freeze.txt
+	@echo "newer than the lock:"; grep -vxF -f $(LOCK) $(LATEST)/freeze.txt || echo "  (nothing)"
+
+test-latest: latest-env
+	$(LPY) $(PYTEST_FAST)
+
+# Regenerate the lock from the newest releases (then `make test`: setup reinstalls from it).
+lock: latest-env
+	{ echo "# make lock: the newest releases pyproject.toml admits, $$(date -u +%Y-%m-%d), CPython $$($(LPY) -c 'import platform; print(platform.python_version())') $$(uname -m)"; \
+	  cat $(LATEST)/freeze.txt; } > $(LOCK).tmp && mv $(LOCK).tmp $(LOCK)
+
 demo-assets: setup
-	$(PY) -m demo.assets
+	$(PY) -m lightmbert.demo.assets
 
 # make demo [VARIANT=lightmbert|monolingual|unfrozen|random] [DEMO_ARGS="--run.max_steps=100 ..."]
 VARIANT ?= lightmbert
@@ -39,20 +76,20 @@ DEMO_OVERRIDES_monolingual := --data.parallel=false --loss.relation=mse --optim.
 DEMO_OVERRIDES_unfrozen := --student.freeze_embeddings=false
 DEMO_OVERRIDES_random := --student.init=random --student.freeze_embeddings=false
 DEMO_RUN := runs/demo/$(VARIANT)
-# the shippable student: pieces seen at least this often in the demo's shards (deploy.trim)
+# the shippable student: pieces seen at least this often in the demo's shards (lightmbert.deploy.trim)
 TRIM_MIN_COUNT ?= 1
 
 demo: demo-assets
-	$(PY) -m data_prep.shard --config configs/data/demo.yaml
-	$(PY) -m data_prep.inspect runs/demo/shards
-	DS_ACCELERATOR=cpu $(VENV)/bin/torchrun --standalone --nproc_per_node 2 -m trainer.distill \
+	$(PY) -m lightmbert.data_prep.shard --config configs/data/demo.yaml
+	$(PY) -m lightmbert.data_prep.inspect runs/demo/shards
+	DS_ACCELERATOR=cpu $(VENV)/bin/torchrun --standalone --nproc_per_node 2 -m lightmbert.trainer.distill \
 	  --config configs/distill/demo_cpu.yaml --run.output_dir=$(DEMO_RUN) $(DEMO_OVERRIDES_$(VARIANT)) $(DEMO_ARGS)
-	$(PY) -m demo.report --teacher $(LIGHTMBERT_CACHE)/demo/teacher \
+	$(PY) -m lightmbert.demo.report --teacher $(LIGHTMBERT_CACHE)/demo/teacher \
 	  --student $(DEMO_RUN)/student --pairs $(LIGHTMBERT_CACHE)/demo/heldout.jsonl --out $(DEMO_RUN)/eval
-	$(PY) -m deploy.trim $(DEMO_RUN)/student $(DEMO_RUN)/student-trimmed --shards runs/demo/shards \
+	$(PY) -m lightmbert.deploy.trim $(DEMO_RUN)/student $(DEMO_RUN)/student-trimmed --shards runs/demo/shards \
 	  --min-count $(TRIM_MIN_COUNT) --heldout $(LIGHTMBERT_CACHE)/demo/heldout.jsonl --overwrite
-	$(PY) -m deploy.onnx_export $(DEMO_RUN)/student-trimmed $(DEMO_RUN)/student-trimmed-onnx --int8
-	$(PY) -m benchmarks.bench_student --teacher $(LIGHTMBERT_CACHE)/demo/teacher --student $(DEMO_RUN)/student \
+	$(PY) -m lightmbert.deploy.onnx_export $(DEMO_RUN)/student-trimmed $(DEMO_RUN)/student-trimmed-onnx --int8
+	$(PY) -m lightmbert.benchmarks.bench_student --teacher $(LIGHTMBERT_CACHE)/demo/teacher --student $(DEMO_RUN)/student \
 	  --trimmed $(DEMO_RUN)/student-trimmed --trimmed-onnx $(DEMO_RUN)/student-trimmed-onnx \
 	  --pairs $(LIGHTMBERT_CACHE)/demo/heldout.jsonl --prefix "query: " --out $(DEMO_RUN)/deploy \
 	  --languages ar,bg,de,el,es,fr,hi,ru,sw,th,tr,ur,vi,zh
@@ -61,10 +98,10 @@ test: setup
 	$(PY) -m pytest -q tests
 
 test-fast: setup
-	$(PY) -m pytest -q tests -m "not slow"
+	$(PY) $(PYTEST_FAST)
 
 bench: setup
-	$(PY) -m benchmarks.bench_data_prep
+	$(PY) -m lightmbert.benchmarks.bench_data_prep
 
 # The GPU proof (kernel tests on CUDA, bench_kernels bf16, bench_step --size mbert) → runs/gpu-check/.
 # No `setup` dependency: on a GPU image it runs under the python that has the CUDA torch (a CPU
@@ -72,7 +109,7 @@ bench: setup
 # Without CUDA it says why and exits 0.
 GPU_PY ?= $(shell test -x $(PY) && echo $(PY) || echo python3)
 gpu-check:
-	$(GPU_PY) -m benchmarks.gpu_check $(GPU_CHECK_ARGS)
+	$(GPU_PY) -m lightmbert.benchmarks.gpu_check $(GPU_CHECK_ARGS)
 
 # Wheels for a GPU machine without network (Python 3.12 manylinux image): what it lacks to run
 # gpu-check. deepspeed ships as an sdist only: built here into a pure-Python wheel.
@@ -81,8 +118,8 @@ gpu-wheels: setup
 	mkdir -p .whl
 	$(PIP) download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-	  -d .whl $(GPU_WHEELS)
-	DS_BUILD_OPS=0 $(PIP) wheel -q --no-deps --no-build-isolation -w .whl "deepspeed>=0.15"
+	  -c $(LOCK) -d .whl $(GPU_WHEELS)
+	DS_BUILD_OPS=0 $(PIP) wheel -q --no-deps --no-build-isolation -w .whl -c $(LOCK) deepspeed
 
 clean:
-	rm -rf runs build *.egg-info .whl
+	rm -rf runs build *.egg-info .whl $(LATEST)

@@ -48,7 +48,7 @@ echo "[slurm] job $SLURM_JOB_ID restart ${SLURM_RESTART_COUNT:-0}: $SLURM_NNODES
 LAUNCH=("$PYTHON" -m torch.distributed.run --nnodes "$SLURM_NNODES" --nproc_per_node "$NPROC"
         --rdzv_backend c10d --rdzv_endpoint "$MASTER_ADDR:$MASTER_PORT" --rdzv_id "$SLURM_JOB_ID"
         --signals-to-handle SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1 --shutdown-timeout 600
-        -m trainer.distill --config "$CONFIG" "$@")
+        -m lightmbert.trainer.distill --config "$CONFIG" "$@")
 
 SIGNALED=0
 forward() {  # bash runs traps between commands: srun runs in the background, we `wait`

@@ -4,8 +4,8 @@
 # data_prep as a job array on CPU nodes: task i of N tokenises every N-th work unit (files,
 # chunks of big files) into OUT/.work; array task 0 also submits the final step, which runs
 # after the whole array succeeded, writes the shards + manifest with the normal command
-# (byte-identical to a single `python -m data_prep.shard` run) and verifies every shard's
-# hash and the counts (`python -m data_prep.inspect OUT --verify`). Resubmitting after a
+# (byte-identical to a single `python -m lightmbert.data_prep.shard` run) and verifies every shard's
+# hash and the counts (`python -m lightmbert.data_prep.inspect OUT --verify`). Resubmitting after a
 # failure skips finished units.
 #SBATCH --job-name=lightmbert-prep
 #SBATCH --array=0-7               # EDIT: number of tasks (any N; output does not depend on it)
@@ -26,10 +26,10 @@ WORKERS=${SLURM_CPUS_PER_TASK:-0}
 
 if [[ "${LIGHTMBERT_PREP_FINAL:-0}" == 1 ]]; then
   echo "[prep] final step: writing shards and the manifest"
-  "$PYTHON" -m data_prep.shard --config "$CONFIG" "$@" --workers="$WORKERS"
-  OUT=$("$PYTHON" -c 'import sys; from configs import PrepConfig, parse_cli
+  "$PYTHON" -m lightmbert.data_prep.shard --config "$CONFIG" "$@" --workers="$WORKERS"
+  OUT=$("$PYTHON" -c 'import sys; from lightmbert.configs import PrepConfig, parse_cli
 print(parse_cli(PrepConfig, sys.argv[1:], "prep").output.dir)' --config "$CONFIG" "$@")
-  exec "$PYTHON" -m data_prep.inspect "$OUT" --verify
+  exec "$PYTHON" -m lightmbert.data_prep.inspect "$OUT" --verify
 fi
 
 TASK=${SLURM_ARRAY_TASK_ID:?run this with sbatch (it is a job array)}
@@ -44,5 +44,5 @@ if [[ $TASK == "${SLURM_ARRAY_TASK_MIN:-0}" ]]; then
 fi
 INDEX=$((TASK - ${SLURM_ARRAY_TASK_MIN:-0}))
 echo "[prep] task $INDEX of $COUNT"
-exec "$PYTHON" -m data_prep.shard --config "$CONFIG" "$@" --workers="$WORKERS" \
+exec "$PYTHON" -m lightmbert.data_prep.shard --config "$CONFIG" "$@" --workers="$WORKERS" \
      --task_index="$INDEX" --num_tasks="$COUNT"

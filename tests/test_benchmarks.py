@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_bench_kernels_tiny(tmp_path):
     env = dict(os.environ, TRITON_INTERPRET="1")
-    r = subprocess.run([sys.executable, "-m", "benchmarks.bench_kernels", "--tiny", "--out", str(tmp_path)],
+    r = subprocess.run([sys.executable, "-m", "lightmbert.benchmarks.bench_kernels", "--tiny", "--out", str(tmp_path)],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = list(csv.DictReader(open(tmp_path / "bench_kernels_tiny.csv")))
@@ -27,20 +27,20 @@ def test_bench_kernels_tiny(tmp_path):
     # every provider agreed with the fp32 reference before it was timed
     assert all(float(row["rel_err"]) <= 1e-4 and float(row["ms"]) > 0 for row in rows), rows
     # --ops / --providers pick a subset
-    r = subprocess.run([sys.executable, "-m", "benchmarks.bench_kernels", "--tiny", "--out", str(tmp_path / "sub"),
+    r = subprocess.run([sys.executable, "-m", "lightmbert.benchmarks.bench_kernels", "--tiny", "--out", str(tmp_path / "sub"),
                         "--ops", "hidden_mse", "--providers", "eager_fp32,ours"],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = list(csv.DictReader(open(tmp_path / "sub" / "bench_kernels_tiny.csv")))
     assert [(row["op"], row["provider"]) for row in rows] == [("hidden_mse", "eager_fp32"), ("hidden_mse", "ours")]
-    r = subprocess.run([sys.executable, "-m", "benchmarks.bench_kernels", "--tiny", "--ops", "nope"],
+    r = subprocess.run([sys.executable, "-m", "lightmbert.benchmarks.bench_kernels", "--tiny", "--ops", "nope"],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "unknown op/provider ['nope']" in r.stderr
 
 
 @pytest.mark.slow
 def test_bench_data_prep_small(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "benchmarks.bench_data_prep", "--mb-per-lang", "0.2",
+    r = subprocess.run([sys.executable, "-m", "lightmbert.benchmarks.bench_data_prep", "--mb-per-lang", "0.2",
                         "--procs", "1", "2", "--out", str(tmp_path)],
                        cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -52,7 +52,7 @@ def test_bench_data_prep_small(tmp_path):
 @pytest.mark.slow
 def test_bench_step_small(tmp_path):
     env = dict(os.environ, DS_ACCELERATOR="cpu")
-    r = subprocess.run([sys.executable, "-m", "benchmarks.bench_step", "--steps", "3", "--warmup", "1",
+    r = subprocess.run([sys.executable, "-m", "lightmbert.benchmarks.bench_step", "--steps", "3", "--warmup", "1",
                         "--batch", "4", "--out", str(tmp_path)], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -73,8 +73,8 @@ def test_gpu_check_skips_cleanly_without_a_gpu(tmp_path):
 
 
 def tiny_csv(script: str, tmp_path) -> list[dict]:
-    """Run `python -m benchmarks.<script> --tiny` and read the CSV it wrote."""
-    r = subprocess.run([sys.executable, "-m", f"benchmarks.{script}", "--tiny", "--out", str(tmp_path)],
+    """Run `python -m lightmbert.benchmarks.<script> --tiny` and read the CSV it wrote."""
+    r = subprocess.run([sys.executable, "-m", f"lightmbert.benchmarks.{script}", "--tiny", "--out", str(tmp_path)],
                        cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     return list(csv.DictReader(open(tmp_path / f"{script}.csv")))

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from configs import ConfigError, PrepConfig, describe, dump, load
+from lightmbert.configs import ConfigError, PrepConfig, describe, dump, load
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -77,7 +77,7 @@ def test_cli_errors_name_the_flag(tmp_path):
 
 
 def test_scientific_notation_floats(tmp_path):
-    from configs import DistillConfig
+    from lightmbert.configs import DistillConfig
     p = write(tmp_path, "run: {output_dir: o}\nteacher: {name_or_path: t}\ndata: {shards: s}\n"
                         "optim: {lr: 1e-4, eps: 1.0e-8}\n")
     cfg = load(DistillConfig, p, ["--optim.weight_decay=5e-2"])
@@ -99,9 +99,9 @@ def test_env_expansion(tmp_path, monkeypatch):
 
 def test_dump_roundtrip(tmp_path):
     cfg = load(PrepConfig, write(tmp_path, BASE), ["--packing.prefix=query: "])
-    dump(cfg, tmp_path / "out" / "config.yaml", header="python -m data_prep.shard ...")
+    dump(cfg, tmp_path / "out" / "config.yaml", header="python -m lightmbert.data_prep.shard ...")
     text = (tmp_path / "out" / "config.yaml").read_text()
-    assert text.startswith("# python -m data_prep.shard")
+    assert text.startswith("# python -m lightmbert.data_prep.shard")
     assert load(PrepConfig, tmp_path / "out" / "config.yaml") == cfg
     assert not list((tmp_path / "out").glob("*.tmp"))
 
@@ -121,7 +121,7 @@ def test_shipped_yaml_starts_with_its_command(path):
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs" / "distill").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_distill_configs_validate(path):
-    from configs import DistillConfig
+    from lightmbert.configs import DistillConfig
     cfg = load(DistillConfig, path)
     assert cfg.student.num_layers >= 1 and cfg.run.max_steps >= 1
 
@@ -137,7 +137,7 @@ def _demo_variants() -> dict[str, list[str]]:
 def test_make_demo_variants_are_valid_overrides(variant):
     """`make demo VARIANT=x` passes DEMO_OVERRIDES_x to the trainer: each must load on top of
     the demo config (a typo would otherwise surface only after sharding, minutes in)."""
-    from configs import DistillConfig
+    from lightmbert.configs import DistillConfig
     overrides = _demo_variants()[variant]
     cfg = load(DistillConfig, REPO / "configs" / "distill" / "demo_cpu.yaml", overrides)
     assert cfg.student.num_layers == 6
@@ -152,6 +152,6 @@ def test_shipped_data_configs_validate(path):
 
 
 def test_readme_config_reference_is_current():
-    from configs.reference import markdown
+    from lightmbert.configs.reference import markdown
     readme = (REPO / "README.md").read_text()
-    assert markdown().strip() in readme, "README config reference is stale: python -m configs.reference"
+    assert markdown().strip() in readme, "README config reference is stale: python -m lightmbert.configs.reference"

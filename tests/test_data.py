@@ -1,31 +1,16 @@
-"""trainer.data in one process: length grouping keeps every sample, cuts padding, and stays
+"""lightmbert.trainer.data in one process: length grouping keeps every sample, cuts padding, and stays
 deterministic across a resume. (Translation pairs: tests/test_pairs.py.)"""
 from __future__ import annotations
 
-import itertools
-
 import pytest
 
-from configs import DataConfig, PrepConfig, load
-from data_prep.manifest import read_manifest
-from data_prep.synthetic import WORDS, make_tokenizer, random_documents, write_text
-
-
-@pytest.fixture(scope="module")
-def segment_shards(tmp_path_factory):
-    from data_prep.shard import run
-    d = tmp_path_factory.mktemp("data")
-    tok = make_tokenizer(d / "tok")
-    for i, lang in enumerate(WORDS):
-        write_text(d / "text" / f"{lang}.txt", random_documents(lang, 200, seed=10 + i))
-    run(load(PrepConfig, None, [f"--input.directory={d}/text", f"--tokenizer.name_or_path={tok}",
-                                f"--output.dir={d}/shards", "--output.shard_samples=50", "--workers=1",
-                                "--packing.seq_len=48", "--packing.mode=segment"]))
-    return d / "shards"
+from lightmbert.configs import DataConfig
+from lightmbert.data_prep.manifest import read_manifest
+from tests.helpers import take
 
 
 def stream(shards, group: int, batch: int = 8):
-    from trainer.data import MixedStream
+    from lightmbert.trainer.data import MixedStream
     cfg = DataConfig(shards=str(shards), micro_batch_size=batch, num_workers=0, shuffle_buffer=20,
                      group_by_length=group)
     manifest = read_manifest(shards)
@@ -35,7 +20,7 @@ def stream(shards, group: int, batch: int = 8):
 
 def resumed(make, n: int, m: int) -> list:
     """m batches of a stream restored from its state after n batches (one process)."""
-    from trainer.data import StatefulLoader
+    from lightmbert.trainer.data import StatefulLoader
     ds = make()
     run = StatefulLoader(ds, ds)   # the stream itself stands in for a DataLoader without workers
     take(run, n)
@@ -47,10 +32,6 @@ def resumed(make, n: int, m: int) -> list:
 def rows(batch):
     """The real tokens of each row, as tuples."""
     return [tuple(ids[:n].tolist()) for ids, n in zip(batch["input_ids"], batch["attention_mask"].sum(1))]
-
-
-def take(ds, n):
-    return list(itertools.islice(iter(ds), n))
 
 
 @pytest.mark.parametrize("group", [4, 5])
@@ -92,7 +73,7 @@ def test_group_by_length_must_not_be_negative():
 def test_shards_from_a_pipe_or_http_give_the_same_batches(segment_shards):
     """data.shards may name where the data_prep folder is served, not only the folder."""
     from tests.test_tarreader import serve
-    from trainer.data import MixedStream
+    from lightmbert.trainer.data import MixedStream
 
     def batches(root):
         cfg = DataConfig(shards=root, micro_batch_size=8, num_workers=0, shuffle_buffer=20)
@@ -113,8 +94,8 @@ def test_shards_from_a_pipe_or_http_give_the_same_batches(segment_shards):
 def test_verify_modes(segment_shards, tmp_path):
     import shutil
 
-    from data_prep.tarreader import ShardError
-    from trainer.data import MixedStream
+    from lightmbert.data_prep.tarreader import ShardError
+    from lightmbert.trainer.data import MixedStream
     root = tmp_path / "shards"
     shutil.copytree(segment_shards, root)
     m = read_manifest(root)

@@ -11,15 +11,15 @@ from collections import Counter
 
 import pytest
 
-from configs import DataConfig
-from data_prep.manifest import read_manifest
-from tests.test_data import segment_shards, take  # noqa: F401  (fixture)
+from lightmbert.configs import DataConfig
+from lightmbert.data_prep.manifest import read_manifest
+from tests.helpers import take
 
 SEED = random.randrange(1 << 30)
 
 
 def make_ds(shards, rank=0, world=1, workers=0, batch=5, group=3, seed=7, **kw):
-    from trainer.data import MixedStream, mix_weights
+    from lightmbert.trainer.data import MixedStream, mix_weights
     cfg = DataConfig(shards=str(shards), micro_batch_size=batch, num_workers=workers, shuffle_buffer=20,
                      group_by_length=group, **kw)
     m = read_manifest(shards)
@@ -45,8 +45,8 @@ class RoundRobin:
 def run_job(shards, world, workers, steps, saved=None, **kw):
     """`world` ranks each taking `steps` micro-batches, from a checkpoint's data entry or fresh:
     (rows used — [language, epoch, sample id] —, the data entry a checkpoint then holds)."""
-    from trainer.data import StatefulLoader
-    from trainer.data_state import resume_plan, snapshot
+    from lightmbert.trainer.data import StatefulLoader
+    from lightmbert.trainer.data_state import resume_plan, snapshot
     rows, parts = [], []
     for rank in range(world):
         ds = make_ds(shards, rank, world, workers, **kw)
@@ -91,8 +91,8 @@ def test_same_shape_continues_exactly_from_the_state(segment_shards):
 
 def test_resume_through_real_workers_is_bit_identical(segment_shards):
     """2 DataLoader worker processes; restored in the middle of a length-grouping pool."""
-    from trainer.data import build_loader
-    from trainer.data_state import resume_plan, snapshot
+    from lightmbert.trainer.data import build_loader
+    from lightmbert.trainer.data_state import resume_plan, snapshot
     cfg = DataConfig(shards=str(segment_shards), micro_batch_size=5, num_workers=2, shuffle_buffer=20,
                      group_by_length=3)
 
@@ -113,13 +113,13 @@ def test_resume_through_real_workers_is_bit_identical(segment_shards):
 def test_restore_reads_a_bounded_amount_whatever_the_progress(segment_shards, monkeypatch):
     """O(1) resume: the first batch after a restore reads no more shards after 400 batches than
     after 10 (the old replay read every batch again)."""
-    import trainer.data as D
+    import lightmbert.trainer.data as D
     reads = []
     real = D.read_samples
     monkeypatch.setattr(D, "read_samples", lambda shard, verify="count": reads.append(shard.url) or real(shard, verify))
 
     def first_batch_reads(n):
-        from trainer.data import StatefulLoader
+        from lightmbert.trainer.data import StatefulLoader
         ds = make_ds(segment_shards)
         run = StatefulLoader(ds, ds)
         take(run, n)
@@ -136,8 +136,8 @@ def test_restore_reads_a_bounded_amount_whatever_the_progress(segment_shards, mo
 def test_changed_data_is_an_error_unless_reset(segment_shards, tmp_path):
     import shutil
 
-    from trainer.data import DataError
-    from trainer.data_state import resume_plan
+    from lightmbert.trainer.data import DataError
+    from lightmbert.trainer.data_state import resume_plan
     _, saved = run_job(segment_shards, 1, 1, 4)
     with pytest.raises(DataError, match=r"seed: 7 → 8.*data.reset_position=true"):
         resume_plan(saved, make_ds(segment_shards, seed=8), 1, False, print)

@@ -16,8 +16,8 @@ BIN = Path(sys.executable).parent
 
 @pytest.mark.slow
 def test_demo_chain_smoke(tmp_path):
-    from demo import DemoError
-    from demo.assets import build, default_cache
+    from lightmbert.demo import DemoError
+    from lightmbert.demo.assets import build, default_cache
     try:
         assets = build(default_cache())
     except DemoError as e:
@@ -25,13 +25,13 @@ def test_demo_chain_smoke(tmp_path):
     env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
     shards, run = tmp_path / "shards", tmp_path / "run"
     steps = [
-        [sys.executable, "-m", "data_prep.shard", "--config", "configs/data/demo.yaml",
+        [sys.executable, "-m", "lightmbert.data_prep.shard", "--config", "configs/data/demo.yaml",
          "--input.include=[en, de, ru]", f"--output.dir={shards}", "--packing.seq_len=64"],
-        [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "trainer.distill",
+        [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "lightmbert.trainer.distill",
          "--config", "configs/distill/demo_cpu.yaml", f"--run.output_dir={run}", f"--data.shards={shards}",
          "--run.max_steps=3", "--run.log_interval=1", "--data.micro_batch_size=4", "--student.num_layers=2",
          "--eval.interval=2", "--eval.max_pairs=10", "--eval.languages=[de, ru]"],
-        [sys.executable, "-m", "demo.report", "--teacher", assets["teacher"], "--student", str(run / "student"),
+        [sys.executable, "-m", "lightmbert.demo.report", "--teacher", assets["teacher"], "--student", str(run / "student"),
          "--pairs", assets["heldout"], "--languages", "de", "ru", "--max-per-language", "20",
          "--out", str(run / "eval")],
     ]
@@ -68,7 +68,7 @@ def test_demo_chain_smoke(tmp_path):
         "common": [f"--data.shards={shards}", "--run.max_steps=2", "--data.micro_batch_size=4",
                    "--student.num_layers=2", "--engine.zero_stage=0"],
         "variants": {"ok": ["--optim.lr=1e-4"], "broken": ["--loss.relation=nope"]}}))
-    r = subprocess.run([sys.executable, "-m", "demo.sweep", "--sweep", str(sweep), "--out",
+    r = subprocess.run([sys.executable, "-m", "lightmbert.demo.sweep", "--sweep", str(sweep), "--out",
                         str(tmp_path / "sweep")], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
     rows = {row["variant"]: row for row in csv.DictReader(open(tmp_path / "sweep" / "sweep.csv"))}

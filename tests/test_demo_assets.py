@@ -12,9 +12,9 @@ import struct
 import numpy as np
 import pytest
 
-from demo import DemoError
-from demo.corpus import clean, is_heldout, normalize_lang
-from demo.e5_convert import _dequant_q4_0
+from lightmbert.demo import DemoError
+from lightmbert.demo.corpus import clean, is_heldout, normalize_lang
+from lightmbert.demo.e5_convert import _dequant_q4_0
 
 SENTENCES = [
     "The committee approved the new budget after a long debate.",
@@ -28,7 +28,7 @@ SENTENCES = [
 
 @pytest.fixture(scope="session")
 def demo_assets():
-    from demo.assets import build, default_cache
+    from lightmbert.demo.assets import build, default_cache
     try:
         return build(default_cache())
     except DemoError as e:

@@ -1,4 +1,4 @@
-"""deploy.onnx_export: ONNX fp32 (graph-optimised) equals torch (pooled and token states,
+"""lightmbert.deploy.onnx_export: ONNX fp32 (graph-optimised) equals torch (pooled and token states,
 padded batches of odd lengths), int8 + int4 embedding rows stays close (cosine ≥ 0.99), the
 graph holds the fused and quantised ops documented; on the real demo teacher (slow, needs
 the demo assets) int8 retrieval is within 1 point of fp32."""
@@ -19,8 +19,8 @@ SEED = random.randrange(1 << 30)
 def exported(tmp_path_factory):
     from transformers import BertConfig, BertModel
 
-    from data_prep.synthetic import make_tokenizer
-    from deploy.onnx_export import export
+    from lightmbert.data_prep.synthetic import make_tokenizer
+    from lightmbert.deploy.onnx_export import export
     d = tmp_path_factory.mktemp("onnx")
     make_tokenizer(d / "model")
     torch.manual_seed(0)
@@ -42,8 +42,8 @@ def batch(rng: np.random.Generator, b: int, length: int):
 def test_onnx_fp32_equals_torch_and_int8_stays_close(exported, shape):
     from transformers import AutoModel
 
-    from deploy.onnx_export import OnnxEncoder
-    from evaluation.pooling import mean_pool
+    from lightmbert.deploy.onnx_export import OnnxEncoder
+    from lightmbert.evaluation.pooling import mean_pool
     rng = np.random.default_rng(SEED + shape[1])
     ids, mask = batch(rng, *shape)
     model = AutoModel.from_pretrained(exported / "model").eval()
@@ -60,7 +60,7 @@ def test_onnx_fp32_equals_torch_and_int8_stays_close(exported, shape):
 
 
 def test_export_cli_and_what_it_ships(exported, tmp_path):
-    from deploy.onnx_export import OnnxEncoder, main
+    from lightmbert.deploy.onnx_export import OnnxEncoder, main
     assert main([str(tmp_path / "nothing"), str(tmp_path / "out")]) == 2
     assert main([str(exported / "model"), str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "model.onnx").is_file() and not (tmp_path / "out" / "model.int8.onnx").exists()
@@ -78,7 +78,7 @@ def test_graph_is_fused_and_quantized_as_documented(exported):
 
     import onnx
 
-    from deploy.onnx_export import down_projections
+    from lightmbert.deploy.onnx_export import down_projections
     ops = collections.Counter(n.op_type for n in onnx.load(str(exported / "onnx" / "model.onnx")).graph.node)
     assert ops["Attention"] == 2 and ops["BiasGelu"] == 2 and ops["SkipLayerNormalization"] == 4, ops
     q = onnx.load(str(exported / "onnx" / "model.int8.onnx")).graph
@@ -109,11 +109,11 @@ def test_int8_weights_cannot_saturate_avx2(exported):
 def test_int8_retrieval_within_a_point_of_fp32_on_the_demo_teacher(tmp_path):
     """The real multilingual model (multilingual-E5, 6 bottom layers: the demo's student
     before distillation), 60 held-out pairs × 4 languages."""
-    from demo import DemoError
-    from demo.assets import build, default_cache
-    from deploy.onnx_export import OnnxEncoder, export
-    from evaluation.encoders import truncated
-    from evaluation.retrieval import load_pairs, retrieval_of
+    from lightmbert.demo import DemoError
+    from lightmbert.demo.assets import build, default_cache
+    from lightmbert.deploy.onnx_export import OnnxEncoder, export
+    from lightmbert.evaluation.encoders import truncated
+    from lightmbert.evaluation.retrieval import load_pairs, retrieval_of
     try:
         assets = build(default_cache())
     except DemoError as e:

@@ -1,4 +1,4 @@
-"""deploy.trim on both tokenizer families (WordPiece like mBERT, SentencePiece-Unigram like
+"""lightmbert.deploy.trim on both tokenizer families (WordPiece like mBERT, SentencePiece-Unigram like
 XLM-R / multilingual-E5), tiny models built from a config: exact pieces and outputs on
 covered text, a fallback with reported coverage on other text, the MLM head sliced with the
 embeddings, a normal HF directory, and bad inputs named."""
@@ -10,8 +10,8 @@ import random
 import pytest
 import torch
 
-from configs import PrepConfig, load
-from data_prep.synthetic import WORDS, make_tokenizer, random_documents, write_text
+from lightmbert.configs import PrepConfig, load
+from lightmbert.data_prep.synthetic import WORDS, make_tokenizer, random_documents, write_text
 
 SEED = random.randrange(1 << 30)
 KEEP = ["de", "ru"]
@@ -41,7 +41,7 @@ def build(family: str, d, mlm: bool = False):
     """(student dir, shards dir) of one tokenizer family."""
     from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, BertModel, XLMRobertaConfig, XLMRobertaModel
 
-    from data_prep.shard import run
+    from lightmbert.data_prep.shard import run
     student = d / f"student-{family}{'-mlm' if mlm else ''}"
     tok_dir = make_tokenizer(student) if family == "wordpiece" else make_unigram_tokenizer(student)
     tok = AutoTokenizer.from_pretrained(tok_dir)
@@ -78,7 +78,7 @@ def sentences(lang: str, n: int, seed: int) -> list[str]:
 def test_covered_text_gives_the_same_pieces_and_outputs(family):
     from transformers import AutoModel, AutoTokenizer
 
-    from deploy.trim import trim
+    from lightmbert.deploy.trim import trim
     name, d, student, shards = family
     res = trim(student, d / "trimmed", str(shards), KEEP)
     assert res["vocab_after"] < res["vocab_before"], "the other languages' pieces should go"
@@ -100,7 +100,7 @@ def test_covered_text_gives_the_same_pieces_and_outputs(family):
 def test_other_text_still_tokenises_and_coverage_says_how_well(family):
     from tokenizers import Tokenizer
 
-    from deploy.trim import coverage, trim
+    from lightmbert.deploy.trim import coverage, trim
     name, d, student, shards = family
     res = trim(student, d / "trimmed-cov", str(shards), KEEP, overwrite=True)
     tok = Tokenizer.from_file(str(d / "trimmed-cov" / "tokenizer.json"))
@@ -118,7 +118,7 @@ def test_other_text_still_tokenises_and_coverage_says_how_well(family):
 def test_mlm_head_is_sliced_with_the_embeddings(tmp_path):
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-    from deploy.trim import trim
+    from lightmbert.deploy.trim import trim
     student, shards = build("wordpiece", tmp_path, mlm=True)
     res = trim(student, tmp_path / "trimmed", str(shards), KEEP)
     orig, small = AutoModelForMaskedLM.from_pretrained(student).eval(), AutoModelForMaskedLM.from_pretrained(tmp_path / "trimmed").eval()
@@ -132,7 +132,7 @@ def test_mlm_head_is_sliced_with_the_embeddings(tmp_path):
 
 
 def test_bad_inputs_are_named(family, tmp_path):
-    from deploy.trim import TrimError, main, trim
+    from lightmbert.deploy.trim import TrimError, main, trim
     name, d, student, shards = family
     other = "unigram" if name == "wordpiece" else "wordpiece"
     other_student, other_shards = build(other, tmp_path)

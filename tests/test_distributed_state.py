@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_trainer import CONFIG, REPO, env, finish, launch, shards, trace  # noqa: F401
+from tests.helpers import CONFIG, REPO, env, finish, launch, trace
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -33,7 +33,7 @@ def pointer(root: Path, step: int):
 
 
 def test_latest_pointer_to_a_missing_or_partial_checkpoint_falls_back(tmp_path, capsys):
-    from trainer.checkpoint import Checkpointer
+    from lightmbert.trainer.checkpoint import Checkpointer
     ck = Checkpointer(tmp_path, 2, 0)
     assert ck.latest() is None                               # a fresh run
     make_ckpt(tmp_path, 10)
@@ -49,7 +49,7 @@ def test_latest_pointer_to_a_missing_or_partial_checkpoint_falls_back(tmp_path, 
 
 
 def test_checkpoints_without_a_complete_one_are_an_error_not_step_0(tmp_path):
-    from trainer.checkpoint import CheckpointError, Checkpointer
+    from lightmbert.trainer.checkpoint import CheckpointError, Checkpointer
     make_ckpt(tmp_path, 10, complete=False, rng=False)
     with pytest.raises(CheckpointError, match=r"none of the checkpoints \['step00000010'\] is complete"):
         Checkpointer(tmp_path, 2, 0).latest()
@@ -59,14 +59,14 @@ def test_checkpoints_without_a_complete_one_are_an_error_not_step_0(tmp_path):
 
 
 def test_checkpoints_from_before_the_marker_still_resume(tmp_path):
-    from trainer.checkpoint import Checkpointer
+    from lightmbert.trainer.checkpoint import Checkpointer
     make_ckpt(tmp_path, 10, complete=False)                  # old layout: pointer moved when complete
     pointer(tmp_path, 10)
     assert Checkpointer(tmp_path, 2, 0).latest() == "step00000010"
 
 
 def test_missing_rng_file_of_a_rank_is_an_error(tmp_path, monkeypatch):
-    from trainer import checkpoint as C
+    from lightmbert.trainer import checkpoint as C
     make_ckpt(tmp_path, 10, world=2)
     pointer(tmp_path, 10)
     monkeypatch.setattr(C.dist, "get_world_size", lambda: 2)
@@ -76,13 +76,13 @@ def test_missing_rng_file_of_a_rank_is_an_error(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------------------- run lock
 def test_lock_names_the_holder_and_takes_over_from_a_dead_one(tmp_path, capsys):
-    from trainer.runlock import RunLock, RunLocked
+    from lightmbert.trainer.runlock import RunLock, RunLocked
     a = RunLock(tmp_path)
-    a.acquire("python -m trainer.distill A")
-    code = f"from trainer.runlock import RunLock; RunLock({str(tmp_path)!r}).acquire('B')"
+    a.acquire("python -m lightmbert.trainer.distill A")
+    code = f"from lightmbert.trainer.runlock import RunLock; RunLock({str(tmp_path)!r}).acquire('B')"
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert r.returncode != 0 and f"pid {os.getpid()}" in r.stderr and "(alive)" in r.stderr
-    assert "is in use by another run" in r.stderr and "trainer.distill A" in r.stderr
+    assert "is in use by another run" in r.stderr and "lightmbert.trainer.distill A" in r.stderr
     a.release()
     assert (tmp_path / ".lock").read_text() == ""            # a clean exit leaves no record
     # a run that died holding it: the kernel dropped the lock, its record stays → take over, loudly
@@ -154,7 +154,7 @@ def dropout(x, p=0.5, training=True, inplace=False):
         seen.append(hashlib.sha256((out == 0).cpu().numpy().tobytes()).hexdigest()[:16])
     return out
 F.dropout = dropout
-import trainer.distiller as D
+import lightmbert.trainer.distiller as D
 orig_init = D.Distiller.__init__
 def init(self, *a, **k):
     orig_init(self, *a, **k)
@@ -173,7 +173,7 @@ def step(self, it):
         raise RuntimeError("injected failure on rank 1")
     return out
 D.Distiller.train_step = step
-from trainer.distill import main
+from lightmbert.trainer.distill import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -182,7 +182,7 @@ def drive(out, shards, *extra, fail_at=-1, nproc=2, timeout=600):
     code = DRIVER.replace("FAIL_AT", str(fail_at))
     drv = out.parent / f"driver_{out.name}.py"
     drv.write_text(code)
-    from tests.test_trainer import _port
+    from tests.helpers import _port
     cmd = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", str(nproc), "--master_port",
            str(_port()), str(drv), "--config", CONFIG, f"--data.shards={shards}", f"--run.output_dir={out}",
            "--run.trace=true", *extra]
@@ -223,8 +223,8 @@ def test_zero3_really_partitions_and_counts_full_flops(shards, tmp_path):
     assert trainable and all(numel == 0 for _, numel, _ in trainable), "parameters are not partitioned"
     assert sum(shard for _, _, shard in parts) < 0.6 * sum(full for full, _, _ in parts)   # ~1/2 each
     # MFU counts the full model, not this rank's partition
-    from configs import DistillConfig, load
-    from trainer.models import build_student, load_teacher, non_embedding_params
+    from lightmbert.configs import DistillConfig, load
+    from lightmbert.trainer.models import build_student, load_teacher, non_embedding_params
     import torch
     cfg = load(DistillConfig, out / "config.yaml")
     teacher = load_teacher(cfg.teacher, False, torch.device("cpu"), torch.float32, 0)

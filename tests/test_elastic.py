@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_prep.manifest import read_manifest
-from tests.test_trainer import finish, launch, shards, trace  # noqa: F401  (fixture)
+from lightmbert.data_prep.manifest import read_manifest
+from tests.helpers import finish, launch, trace
 
 LANGS = ["de", "el"]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_prep.synthetic import WORDS
-from evaluation import load_pairs, retrieval, top1, write_tables
+from lightmbert.data_prep.synthetic import WORDS
+from lightmbert.evaluation import load_pairs, retrieval, top1, write_tables
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -18,13 +18,13 @@ REPO = Path(__file__).resolve().parents[1]
 def tiny_encoder(tmp_path_factory):
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from data_prep.synthetic import make_tokenizer
+    from lightmbert.data_prep.synthetic import make_tokenizer
     d = tmp_path_factory.mktemp("enc")
     make_tokenizer(d)
     torch.manual_seed(0)
     BertModel(BertConfig(vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                          intermediate_size=64), add_pooling_layer=False).save_pretrained(d)
-    from evaluation import load_encoder
+    from lightmbert.evaluation import load_encoder
     model, tok = load_encoder(str(d))
     assert isinstance(tok, type(AutoTokenizer.from_pretrained(d)))
     return d, model, tok
@@ -68,7 +68,7 @@ def test_pairs_file_tables_and_cli(tiny_encoder, tmp_path):
     write_tables(res, tmp_path / "out")
     assert "| **mean** |" in (tmp_path / "out" / "retrieval.md").read_text()
     assert json.loads((tmp_path / "out" / "retrieval.json").read_text())["m"]["de"]["pairs"] == 30
-    r = subprocess.run([sys.executable, "-m", "evaluation", "retrieval", "--model", f"tiny={d}",
+    r = subprocess.run([sys.executable, "-m", "lightmbert.evaluation", "retrieval", "--model", f"tiny={d}",
                         "--truncate", "1", "--pairs", str(heldout), "--out", str(tmp_path / "cli")],
                        cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -76,7 +76,7 @@ def test_pairs_file_tables_and_cli(tiny_encoder, tmp_path):
 
 
 def test_zero_shot_transfer_on_separable_topics(tiny_encoder, tmp_path):
-    from evaluation import load_topic_items, transfer
+    from lightmbert.evaluation import load_topic_items, transfer
     _, model, tok = tiny_encoder
     rng = random.Random(5)
     heldout = tmp_path / "h.jsonl"
@@ -99,7 +99,7 @@ def test_zero_shot_transfer_on_separable_topics(tiny_encoder, tmp_path):
 
 def test_one_pass_over_layers_equals_the_truncated_model(tiny_encoder, tmp_path):
     """demo_report scores the teacher and the student before distillation from one pass."""
-    from evaluation import load_topic_items, transfer, truncated
+    from lightmbert.evaluation import load_topic_items, transfer, truncated
     d, model, tok = tiny_encoder
     s = sentences(40, 3)
     pairs = {"xx": [(a, b) for a, b in zip(s[:20], s[20:])], "yy": [(a, a.upper()) for a in s[:20]]}
@@ -140,7 +140,7 @@ def _synthetic_xnli(d: Path, seed: int = 0):
 
 
 def test_xnli_harness_finetunes_and_task_distils(tiny_encoder, tmp_path):
-    from evaluation.xnli import evaluate, finetune, load_data
+    from lightmbert.evaluation.xnli import evaluate, finetune, load_data
     d, _, _ = tiny_encoder
     _synthetic_xnli(tmp_path / "xnli")
     train, test = load_data(str(tmp_path / "xnli"))
@@ -151,7 +151,7 @@ def test_xnli_harness_finetunes_and_task_distils(tiny_encoder, tmp_path):
     assert all(0.0 <= res[k] <= 1.0 for k in WORDS) and res["en"] > 0.6  # chance: 1/3
     model.save_pretrained(tmp_path / "teacher")
     tok.save_pretrained(tmp_path / "teacher")
-    r = subprocess.run([sys.executable, "-m", "evaluation.xnli", "--model", str(d), "--teacher", str(tmp_path / "teacher"),
+    r = subprocess.run([sys.executable, "-m", "lightmbert.evaluation.xnli", "--model", str(d), "--teacher", str(tmp_path / "teacher"),
                         "--data-dir", str(tmp_path / "xnli"), "--epochs", "1", "--lr", "1e-3",
                         "--out", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -165,7 +165,7 @@ def test_xnli_one_stream_evaluation_equals_a_per_language_loop(tiny_encoder, tmp
     evaluating each language on its own gives."""
     from transformers import AutoModelForSequenceClassification
 
-    from evaluation.xnli import evaluate, load_data
+    from lightmbert.evaluation.xnli import evaluate, load_data
     d, _, tok = tiny_encoder
     _synthetic_xnli(tmp_path / "x", seed=3)
     _, test = load_data(str(tmp_path / "x"))

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels import reference as R
+from lightmbert.kernels import reference as R
 
 
 def masks(B, L, g):
@@ -165,7 +165,7 @@ def test_bad_inputs_are_named_before_any_work(call, error, message, impl):
     names the argument and both shapes — never an out-of-bounds read or impl-dependent result."""
     import functools
 
-    import kernels
+    from lightmbert import kernels
     api = type("api", (), {n: staticmethod(functools.partial(getattr(kernels, n), impl=impl))
                            for n in ("attention_score_mse", "attention_prob_kl", "attention_map_mse",
                                      "hidden_mse", "fused_linear_kl")})
@@ -174,7 +174,7 @@ def test_bad_inputs_are_named_before_any_work(call, error, message, impl):
 
 
 def test_bool_and_integer_masks_give_the_same_loss():
-    import kernels
+    from lightmbert import kernels
     g = torch.Generator().manual_seed(4)
     s, t = torch.randn(3, 6, 5, generator=g), torch.randn(3, 6, 5, generator=g)
     m = masks(3, 6, g)
@@ -188,7 +188,7 @@ def test_auto_dispatch_falls_back_with_one_warning(monkeypatch):
     otherwise the torch reference with a one-time warning (never an exception)."""
     import types
 
-    import kernels
+    from lightmbert import kernels
     monkeypatch.setattr(kernels, "triton_available", lambda: True)
     monkeypatch.setattr(kernels, "_warned", set())
     cap = [(7, 5)]

@@ -17,7 +17,7 @@ import os
 import pytest
 import torch
 
-import kernels
+from lightmbert import kernels
 
 CUDA = torch.cuda.is_available()
 RANDOM_SEED = int(os.environ.get("LIGHTMBERT_TEST_SEED") or int.from_bytes(os.urandom(2), "little"))

@@ -12,8 +12,8 @@ import os
 import pytest
 import torch
 
-import kernels
-from kernels import reference as R
+from lightmbert import kernels
+from lightmbert.kernels import reference as R
 
 CUDA = torch.cuda.is_available()
 RANDOM_SEED = int(os.environ.get("LIGHTMBERT_TEST_SEED") or int.from_bytes(os.urandom(2), "little"))
@@ -176,7 +176,7 @@ def test_elementwise_losses_interpreter(kind, seed):
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("budget", [10**9, 3000])  # one chunk / several chunks of rows
 def test_fused_linear_kl_interpreter(budget, seed, monkeypatch):
-    from kernels import linear_kl
+    from lightmbert.kernels import linear_kl
     monkeypatch.setattr(linear_kl, "LOGIT_BUDGET", budget)
     g = torch.Generator().manual_seed(seed)
     N, ds, dt, V = 41, 24, 40, 1003
@@ -326,7 +326,7 @@ def test_every_kernel_compiles_for_hopper():
     import sys
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    r = subprocess.run([sys.executable, "-m", "kernels.compile_check", "--arch", "90"], env=env,
+    r = subprocess.run([sys.executable, "-m", "lightmbert.kernels.compile_check", "--arch", "90"], env=env,
                        capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert " 0 failed" in r.stdout and "FAIL" not in r.stdout

@@ -1,5 +1,5 @@
-"""Live cross-lingual evaluation during training (trainer.live_eval): the same numbers as
-`evaluation.retrieval`, bit-identical training with it on or off, TensorBoard tags, a step-0
+"""Live cross-lingual evaluation during training (lightmbert.trainer.live_eval): the same numbers as
+`lightmbert.evaluation.retrieval`, bit-identical training with it on or off, TensorBoard tags, a step-0
 baseline that survives a restart, and the drop alarm (loud, and a stop with exit code 4)."""
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import sys
 import pytest
 import torch
 
-from configs import EvalConfig
-from data_prep.synthetic import WORDS, make_tokenizer
-from tests.test_trainer import CONFIG, REPO, env, finish, launch, shards, trace  # noqa: F401 (fixture)
-from trainer.live_eval import DropGuard, LiveEval
+from lightmbert.configs import EvalConfig
+from lightmbert.data_prep.synthetic import WORDS, make_tokenizer
+from tests.helpers import CONFIG, REPO, env, finish, launch, trace
+from lightmbert.trainer.live_eval import DropGuard, LiveEval
 
 
 def test_drop_guard_needs_patience_and_resets():
@@ -47,11 +47,11 @@ def write_pairs(path, n=24, seed=0):
 @pytest.mark.parametrize("world", [1, 3])
 def test_live_eval_equals_offline_retrieval(tmp_path, monkeypatch, world):
     """Each of `world` simulated ranks encodes its slice; gathered, the scores equal
-    evaluation.retrieval on the same pairs (what demo.report computes after training)."""
+    lightmbert.evaluation.retrieval on the same pairs (what lightmbert.demo.report computes after training)."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    import trainer.live_eval as le
-    from evaluation import load_pairs, retrieval
+    import lightmbert.trainer.live_eval as le
+    from lightmbert.evaluation import load_pairs, retrieval
     tok_dir = make_tokenizer(tmp_path / "tok")
     torch.manual_seed(0)
     model = BertModel(BertConfig(vocab_size=400, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -125,7 +125,7 @@ def test_eval_on_and_off_train_bit_identically_and_log_retrieval(shards, tmp_pat
 
 DROP_DRIVER = """
 import sys
-import trainer.live_eval as le
+import lightmbert.trainer.live_eval as le
 orig, calls = le.LiveEval.run, [0]
 def run(self, student):
     res, secs = orig(self, student)
@@ -133,7 +133,7 @@ def run(self, student):
     calls[0] += 1
     return res, secs
 le.LiveEval.run = run
-from trainer.distill import main
+from lightmbert.trainer.distill import main
 sys.exit(main(sys.argv[1:]))
 """
 

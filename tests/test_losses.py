@@ -1,4 +1,4 @@
-"""The sentence-level terms of trainer.losses (pooled cosine, in-batch relation) against
+"""The sentence-level terms of lightmbert.trainer.losses (pooled cosine, in-batch relation) against
 explicit float64 computations; padding never counts."""
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertModel
 
-from configs import LossConfig
-from evaluation.pooling import mean_pool
-from trainer.losses import DistillObjective
+from lightmbert.configs import LossConfig
+from lightmbert.evaluation.pooling import mean_pool
+from lightmbert.trainer.losses import DistillObjective
 
 
 def tiny(layers: int) -> BertModel:
@@ -115,9 +115,9 @@ def _bert(layers: int, width: int, heads: int, seed: int) -> BertModel:
 @pytest.mark.parametrize("s_width,s_heads,R,pairs", [(16, 2, 4, [[2, 3]]), (8, 2, 4, []), (16, 4, 8, [[1, 2], [2, 4]])],
                          ids=["R4-pair2-3", "narrow-student-last", "R8-two-pairs"])
 def test_attention_relations_match_the_definition_on_the_layers_named(s_width, s_heads, R, pairs):
-    from configs import AttentionRelationsConfig
+    from lightmbert.configs import AttentionRelationsConfig
     from tests.test_kernels_relations import loop_relation_kl
-    from trainer.capture import ProjectionCapture
+    from lightmbert.trainer.capture import ProjectionCapture
     teacher, student = _bert(4, 16, 2, 0), _bert(2, s_width, s_heads, 1)
     rel = AttentionRelationsConfig(weight=0.5, heads=R, pairs=pairs)
     obj = DistillObjective(LossConfig(hidden_weight=0.0, attention="none", attention_relations=rel), student, teacher)
@@ -156,9 +156,9 @@ def test_attention_relations_match_the_definition_on_the_layers_named(s_width, s
 def test_hidden_relations_use_the_output_states_and_train_the_whole_layer():
     """`hidden`: the self-relations of the paired layers' output states (no projection captured);
     unlike Q/K/V they reach the paired layer's attention output and feed-forward."""
-    from configs import AttentionRelationsConfig
+    from lightmbert.configs import AttentionRelationsConfig
     from tests.test_kernels_relations import loop_relation_kl
-    from trainer.capture import ProjectionCapture
+    from lightmbert.trainer.capture import ProjectionCapture
     teacher, student = _bert(4, 16, 2, 0), _bert(2, 8, 2, 1)
     rel = AttentionRelationsConfig(weight=2.0, heads=4, pairs=[[2, 3]], relations=["hidden", "value"])
     obj = DistillObjective(LossConfig(hidden_weight=0.0, attention="none", attention_relations=rel), student, teacher)
@@ -184,8 +184,8 @@ def test_hidden_relations_use_the_output_states_and_train_the_whole_layer():
 
 
 def test_attention_relations_bad_settings_name_the_key():
-    from configs import AttentionRelationsConfig
-    from trainer.models import ModelError
+    from lightmbert.configs import AttentionRelationsConfig
+    from lightmbert.trainer.models import ModelError
     teacher, student = _bert(4, 16, 2, 0), _bert(2, 12, 2, 1)
 
     def build(**kw):
@@ -201,7 +201,7 @@ def test_attention_relations_bad_settings_name_the_key():
 # ---------------------------------------------------------------- cross-batch relation memory
 @pytest.mark.parametrize("kind", ["mse", "kl"])
 def test_relation_with_a_memory_matches_explicit_loops(kind):
-    from trainer.losses import relation_loss
+    from lightmbert.trainer.losses import relation_loss
     g = torch.Generator().manual_seed(11)
     unit = lambda x: x / x.norm(dim=-1, keepdim=True)  # noqa: E731
     ps, pt, ms, mt = (unit(torch.randn(n, 8, generator=g, dtype=torch.float64)) for n in (4, 4, 3, 3))
@@ -229,7 +229,7 @@ def test_relation_memory_is_a_fifo_of_training_steps_only():
     s2, t2, _ = batch(4, B=5)
     _, terms = obj(s2, t2, {}, {}, mask)
     # the second step's relations reach the first step's sentences
-    from trainer.losses import relation_loss
+    from lightmbert.trainer.losses import relation_loss
     pool = lambda h: nn.functional.normalize(mean_pool(h, mask), dim=-1)  # noqa: E731
     want = relation_loss(pool(s2[-1]), pool(t2[-1]), "mse", 0.05, first_s, pool(t[-1]))
     assert terms["relation"].item() == pytest.approx(want.item(), rel=1e-6)
@@ -243,7 +243,7 @@ def test_relation_memory_is_a_fifo_of_training_steps_only():
 
 
 def test_a_non_finite_batch_does_not_poison_the_memory():
-    from trainer.losses import RelationMemory, relation_loss
+    from lightmbert.trainer.losses import RelationMemory, relation_loss
     mem = RelationMemory(6)
     good = nn.functional.normalize(torch.randn(3, 4), dim=-1)
     bad = good.clone()
@@ -265,7 +265,7 @@ def test_pearson_relation_is_two_minus_two_r_per_row(seed, memory):
     """Against numpy's corrcoef, row by row over the other sentences (and the memory)."""
     import numpy as np
 
-    from trainer.losses import relation_loss
+    from lightmbert.trainer.losses import relation_loss
     g = torch.Generator().manual_seed(seed)
     unit = lambda x: x / x.norm(dim=-1, keepdim=True)  # noqa: E731
     B, d = 5, 7
@@ -290,7 +290,7 @@ def test_pearson_relation_is_two_minus_two_r_per_row(seed, memory):
 
 
 def test_pearson_relation_of_one_sentence_is_zero_not_nan():
-    from trainer.losses import relation_loss
+    from lightmbert.trainer.losses import relation_loss
     v = nn.functional.normalize(torch.randn(1, 4), dim=-1).requires_grad_()
     loss = relation_loss(v, v.detach() + 0.1, "pearson", 0.05)
     assert loss.item() == 0.0

@@ -4,8 +4,8 @@ import random
 import numpy as np
 import pytest
 
-from data_prep.packing import Packer, unpack
-from data_prep.sampling import sampling_weights, smoothed_probabilities
+from lightmbert.data_prep.packing import Packer, unpack
+from lightmbert.data_prep.sampling import sampling_weights, smoothed_probabilities
 
 CLS, SEP = 101, 102
 

@@ -9,10 +9,10 @@ import json
 import numpy as np
 import pytest
 
-from configs import DataConfig, PrepConfig, load
-from data_prep import PrepError
-from data_prep.manifest import read_manifest, verify
-from data_prep.synthetic import WORDS, make_tokenizer, random_documents, write_text
+from lightmbert.configs import DataConfig, PrepConfig, load
+from lightmbert.data_prep import PrepError
+from lightmbert.data_prep.manifest import read_manifest, verify
+from lightmbert.data_prep.synthetic import WORDS, make_tokenizer, random_documents, write_text
 
 PAIRS = [{"en": "the quick brown fox", "translations": {"de": "der schnelle braune fuchs", "ru": "быстрая лиса"}},
          {"en": "the lazy dog runs far away", "translations": {"el": "τον τεμπέλη σκύλο", "xx": "ignored"}},
@@ -27,7 +27,7 @@ def write_pairs(path, rows):
 
 
 def shard(d, pairs_file, *extra):
-    from data_prep.shard import run
+    from lightmbert.data_prep.shard import run
     tok = make_tokenizer(d / "tok")
     for i, lang in enumerate(WORDS):
         write_text(d / "text" / f"{lang}.txt", random_documents(lang, 60, seed=10 + i))
@@ -47,8 +47,8 @@ def pair_shards(tmp_path_factory):
 def test_pairs_are_tokenised_like_the_text(pair_shards):
     import unicodedata
 
-    from data_prep.tarreader import load_shard
-    from data_prep.tokenizer import load_tokenizer
+    from lightmbert.data_prep.tarreader import load_shard
+    from lightmbert.data_prep.tokenizer import load_tokenizer
     out, m, tok_dir = pair_shards
     tok = load_tokenizer(str(tok_dir))
     par = m["parallel"]
@@ -77,7 +77,7 @@ def test_pairs_are_tokenised_like_the_text(pair_shards):
 
 
 def test_rerun_is_a_no_op_and_other_pairs_are_refused(pair_shards, tmp_path):
-    from data_prep.shard import run
+    from lightmbert.data_prep.shard import run
     out, m, tok = pair_shards
     cfg = read_manifest(out)
     assert cfg == m
@@ -103,7 +103,7 @@ def test_bad_pair_files_are_named(tmp_path):
 
 
 def parallel_stream(shards, pairs=3, group=0, languages=None):
-    from trainer.data import MixedStream
+    from lightmbert.trainer.data import MixedStream
     cfg = DataConfig(shards=str(shards), micro_batch_size=4, num_workers=0, shuffle_buffer=20,
                      parallel=True, parallel_pairs=pairs, group_by_length=group)
     manifest = read_manifest(shards)
@@ -116,7 +116,7 @@ def rows(batch):
 
 
 def test_pairs_ride_along_each_batch_next_to_their_english_row(pair_shards):
-    from data_prep.tokenizer import load_tokenizer
+    from lightmbert.data_prep.tokenizer import load_tokenizer
     out, _, tok_dir = pair_shards
     tok = load_tokenizer(str(tok_dir))
     ds = parallel_stream(out)
@@ -155,8 +155,8 @@ def test_parallel_stream_resumes_exactly(pair_shards):
 
 
 def test_trainer_errors_without_pairs_or_english(pair_shards, tmp_path):
-    from data_prep.shard import run
-    from trainer.data import DataError, MixedStream
+    from lightmbert.data_prep.shard import run
+    from lightmbert.trainer.data import DataError, MixedStream
     out, _, tok = pair_shards
     with pytest.raises(DataError, match="English"):
         parallel_stream(out, languages=["de", "ru"])

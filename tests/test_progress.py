@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from data_prep.progress import Progress, track
+from lightmbert.data_prep.progress import Progress, track
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,7 +34,7 @@ def test_a_line_every_ten_percent_without_a_terminal():
 
 
 def test_a_line_after_a_quiet_interval_even_between_marks(monkeypatch):
-    import data_prep.progress as pr
+    import lightmbert.data_prep.progress as pr
     now = [0.0]
     monkeypatch.setattr(pr.time, "monotonic", lambda: now[0])
     out = io.StringIO()
@@ -54,7 +54,7 @@ def test_a_bar_on_a_terminal_and_nothing_when_disabled():
 
 
 def test_sharding_cli_shows_progress_in_a_pipe(corpus, tiny_tokenizer, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "data_prep.shard", f"--input.directory={corpus}",
+    r = subprocess.run([sys.executable, "-m", "lightmbert.data_prep.shard", f"--input.directory={corpus}",
                         f"--tokenizer.name_or_path={tiny_tokenizer}", f"--output.dir={tmp_path}/out",
                         "--workers=1"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]

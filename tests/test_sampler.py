@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from trainer.sampler import Cursor, LanguageOrder, Shard, resplit, share, unconsumed
+from lightmbert.trainer.sampler import Cursor, LanguageOrder, Shard, resplit, share, unconsumed
 
 RAGGED = {"big": [5000, 5000, 1234], "tiny": [7, 100, 3], "one": [1]}
 STREAMS = [1, 2, 3, 4, 16, 64]

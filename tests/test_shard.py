@@ -1,4 +1,4 @@
-"""data_prep.shard end to end: round trip, splitting across ranks/workers, determinism,
+"""lightmbert.data_prep.shard end to end: round trip, splitting across ranks/workers, determinism,
 restart after kill -9, and every kind of bad input."""
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import webdataset as wds
 
-from configs import ConfigError, PrepConfig, load
-from data_prep import PrepError
-from data_prep.manifest import read_manifest, shard_paths, verify
-from data_prep.shard import run
-from data_prep.synthetic import WORDS, random_documents, write_text
+from lightmbert.configs import ConfigError, PrepConfig, load
+from lightmbert.data_prep import PrepError
+from lightmbert.data_prep.manifest import read_manifest, shard_paths, verify
+from lightmbert.data_prep.shard import run
+from lightmbert.data_prep.synthetic import WORDS, random_documents, write_text
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -115,7 +115,7 @@ def test_output_independent_of_worker_count_and_chunking(tmp_path, tiny_tokenize
 
 def _cli(*args, **kw):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "data_prep.shard", *args], cwd=REPO, env=env,
+    return subprocess.Popen([sys.executable, "-m", "lightmbert.data_prep.shard", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
@@ -169,7 +169,7 @@ def test_resume_from_partial_state_skips_finished_work(corpus, tiny_tokenizer, t
 
 
 def test_different_tokenizer_or_seq_len_into_same_out_is_an_error(corpus, tiny_tokenizer, tmp_path):
-    from data_prep.synthetic import make_tokenizer
+    from lightmbert.data_prep.synthetic import make_tokenizer
     out = tmp_path / "out"
     run(cfg_for(corpus, tiny_tokenizer, out, "--workers=1"))
     with pytest.raises(PrepError, match=r"seq_len: 24 → 32"):
@@ -244,12 +244,12 @@ def test_corrupt_gzip_names_the_file(tmp_path, tiny_tokenizer):
 
 
 def test_cli_help_and_inspect(corpus, tiny_tokenizer, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "data_prep.shard", "--help"], cwd=REPO,
+    r = subprocess.run([sys.executable, "-m", "lightmbert.data_prep.shard", "--help"], cwd=REPO,
                        capture_output=True, text=True)
     assert r.returncode == 0 and "packing.seq_len" in r.stdout
     out = tmp_path / "out"
     run(cfg_for(corpus, tiny_tokenizer, out, "--workers=1"))
-    r = subprocess.run([sys.executable, "-m", "data_prep.inspect", str(out), "--alpha", "0.5",
+    r = subprocess.run([sys.executable, "-m", "lightmbert.data_prep.inspect", str(out), "--alpha", "0.5",
                         "--verify"], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     m = read_manifest(out)
@@ -258,13 +258,13 @@ def test_cli_help_and_inspect(corpus, tiny_tokenizer, tmp_path):
         assert f"{m['languages'][lang]['tokens']:,}" in row
     assert "verified" in r.stdout
     (out / "en" / "en-000000.tar").write_bytes(b"x")
-    r = subprocess.run([sys.executable, "-m", "data_prep.inspect", str(out), "--verify"],
+    r = subprocess.run([sys.executable, "-m", "lightmbert.data_prep.inspect", str(out), "--verify"],
                        cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 2 and "sha256 differs" in r.stderr
 
 
 def test_prefix_tokens_match_tokenising_prefix_and_text_together(tiny_tokenizer, tmp_path):
-    from data_prep.tokenizer import load_tokenizer
+    from lightmbert.data_prep.tokenizer import load_tokenizer
     tok = load_tokenizer(str(tiny_tokenizer))
     lines = [" ".join(d[0].split()[:5]) for d in random_documents("de", 30, seed=3)]
     write_text(tmp_path / "text" / "de.txt", [[ln] for ln in lines])

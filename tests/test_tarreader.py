@@ -1,4 +1,4 @@
-"""data_prep.tarreader: reads exactly what webdataset reads, from a path, a `pipe:` command or
+"""lightmbert.data_prep.tarreader: reads exactly what webdataset reads, from a path, a `pipe:` command or
 HTTP, and turns every kind of damage into an error that names the shard."""
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from data_prep.tarreader import ShardError, load_shard, npy_array
-from data_prep.tarwriter import ShardStream, npy_bytes
+from lightmbert.data_prep.tarreader import ShardError, load_shard, npy_array
+from lightmbert.data_prep.tarwriter import ShardStream, npy_bytes
 
 SEED = int(os.environ.get("LIGHTMBERT_TEST_SEED") or int.from_bytes(os.urandom(2), "little"))
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from data_prep.tarwriter import FastTarWriter, ShardStream, npy_bytes
+from lightmbert.data_prep.tarwriter import FastTarWriter, ShardStream, npy_bytes
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -1,10 +1,9 @@
-"""trainer.distill on CPU (gloo, 2 processes): ZeRO 1/2/3 under torchrun and the deepspeed
+"""lightmbert.trainer.distill on CPU (gloo, 2 processes): ZeRO 1/2/3 under torchrun and the deepspeed
 launcher, exact resume after SIGKILL, checkpoint-on-SIGTERM, frozen embeddings, export,
 TensorBoard tags, and clear errors before any process group can hang."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,83 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from configs import DistillConfig, PrepConfig, load
-from data_prep.synthetic import WORDS, make_tokenizer, random_documents, write_text
-
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-CONFIG = "configs/distill/tiny_cpu.yaml"
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    from data_prep.shard import run
-    d = tmp_path_factory.mktemp("trainer")
-    tok = make_tokenizer(d / "tok")
-    for i, lang in enumerate(WORDS):
-        write_text(d / "text" / f"{lang}.txt", random_documents(lang, 300, seed=i))
-    run(load(PrepConfig, None, [f"--input.directory={d}/text", f"--tokenizer.name_or_path={tok}",
-                                f"--output.dir={d}/shards", "--output.shard_samples=100",
-                                "--workers=1", "--packing.seq_len=32"]))
-    return d / "shards"
-
-
-def env():
-    return dict(os.environ, DS_ACCELERATOR="cpu", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-
-
-def launch(launcher, out, shards, *overrides, nproc=2, **kw):
-    args = ["trainer.distill", "--config", CONFIG, f"--data.shards={shards}",
-            f"--run.output_dir={out}", "--run.trace=true", *overrides]
-    if launcher == "torchrun":
-        cmd = [str(BIN / "torchrun"), "--nproc_per_node", str(nproc), "--master_port", str(_port()),
-               "-m", *args]
-    elif launcher == "deepspeed":
-        cmd = [str(BIN / "deepspeed"), "--num_gpus", str(nproc), "--master_port", str(_port()),
-               "--module", *args]
-    else:
-        cmd = [sys.executable, "-m", *args]
-    return subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, **kw)
-
-
-def _port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def finish(p, timeout=600):
-    log = p.communicate(timeout=timeout)[0]
-    return p.returncode, log
-
-
-def kill_tree(pid: int) -> None:
-    """SIGKILL a process and all its descendants (torchrun puts workers in new sessions, so a
-    process-group kill would miss them; a Slurm job's cgroup kill does not)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    todo, tree = [pid], []
-    while todo:
-        p = todo.pop()
-        tree.append(p)
-        todo += children.get(p, [])
-    for p in tree:
-        try:
-            os.kill(p, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-def trace(out, rank=0):
-    return [json.loads(line) for line in open(Path(out) / f"trace_rank{rank}.jsonl")]
-
+from lightmbert.configs import DistillConfig, load
+from tests.helpers import CONFIG, REPO, env, finish, kill_tree, launch, trace
 
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["torchrun", "deepspeed"])
@@ -166,7 +90,7 @@ def test_sigterm_checkpoints_and_exits_75(shards, tmp_path):
 def test_frozen_embeddings_export_and_tensorboard(shards, tmp_path):
     from transformers import AutoModel
 
-    from trainer.models import build_student, load_teacher
+    from lightmbert.trainer.models import build_student, load_teacher
     out = tmp_path / "run"
     code, log = finish(launch("torchrun", out, shards, "--engine.zero_stage=3", "--run.max_steps=12",
                               "--run.log_interval=4"))
@@ -182,7 +106,7 @@ def test_frozen_embeddings_export_and_tensorboard(shards, tmp_path):
     moved = any(not torch.equal(a, b) for a, b in zip(fresh.encoder.parameters(), exported.encoder.parameters()))
     assert moved, "the student's layers did not train"
     # the CLI export from the ZeRO-3 checkpoint gives the same model as the live export
-    r = subprocess.run([sys.executable, "-m", "trainer.export", str(out), str(tmp_path / "cli")],
+    r = subprocess.run([sys.executable, "-m", "lightmbert.trainer.export", str(out), str(tmp_path / "cli")],
                        cwd=REPO, env=env(), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     cli = AutoModel.from_pretrained(tmp_path / "cli").eval()
@@ -207,8 +131,8 @@ def test_frozen_embeddings_export_and_tensorboard(shards, tmp_path):
 
 
 def test_student_layers_copied_and_embeddings_frozen_at_init():
-    from configs import StudentConfig, TeacherConfig
-    from trainer.models import ModelError, build_student, load_teacher
+    from lightmbert.configs import StudentConfig, TeacherConfig
+    from lightmbert.trainer.models import ModelError, build_student, load_teacher
     t = load_teacher(TeacherConfig(random_init=dict(vocab_size=99, hidden_size=32, num_hidden_layers=6,
                                                     num_attention_heads=4, intermediate_size=64)),
                      False, torch.device("cpu"), torch.float32, 0)
@@ -226,7 +150,7 @@ def test_student_layers_copied_and_embeddings_frozen_at_init():
     with pytest.raises(ModelError, match="num_layers=7 > the teacher's 6"):
         build_student(t, StudentConfig(num_layers=7), 0)
     # freeze_layers: the bottom layers join the embeddings outside the optimizer
-    from trainer.optim import param_groups
+    from lightmbert.trainer.optim import param_groups
     s, _ = build_student(t, StudentConfig(num_layers=3, freeze_layers=2), 0)
     frozen = {id(p) for layer in s.encoder.layer[:2] for p in layer.parameters()}
     assert all(not p.requires_grad for layer in s.encoder.layer[:2] for p in layer.parameters())
@@ -257,16 +181,16 @@ def test_bad_inputs_fail_fast_under_torchrun(shards, tmp_path):
 
 
 def _tiny_teacher(mlm: bool, layers=4):
-    from configs import TeacherConfig
-    from trainer.models import load_teacher
+    from lightmbert.configs import TeacherConfig
+    from lightmbert.trainer.models import load_teacher
     return load_teacher(TeacherConfig(random_init=dict(vocab_size=300, hidden_size=32, num_hidden_layers=layers,
                                                        num_attention_heads=4, intermediate_size=64)),
                         mlm, torch.device("cpu"), torch.float32, 0)
 
 
 def _objective_step(teacher, student, loss_cfg, labels=None):
-    from trainer.capture import ProjectionCapture
-    from trainer.losses import DistillObjective
+    from lightmbert.trainer.capture import ProjectionCapture
+    from lightmbert.trainer.losses import DistillObjective
     obj = DistillObjective(loss_cfg, student, teacher)
     sc, tc = ProjectionCapture(student, obj.captures[0]), ProjectionCapture(teacher, obj.captures[1])
     g = torch.Generator().manual_seed(0)
@@ -283,8 +207,8 @@ def _objective_step(teacher, student, loss_cfg, labels=None):
 
 
 def test_logit_kd_and_mlm_terms_train_the_head():
-    from configs import LossConfig, StudentConfig
-    from trainer.models import build_student
+    from lightmbert.configs import LossConfig, StudentConfig
+    from lightmbert.trainer.models import build_student
     teacher = _tiny_teacher(mlm=True)
     student, _ = build_student(teacher, StudentConfig(num_layers=2), 0)
     labels = torch.full((3, 13), -100)
@@ -298,8 +222,8 @@ def test_logit_kd_and_mlm_terms_train_the_head():
 
 
 def test_narrower_student_uses_a_learned_projection():
-    from configs import LossConfig, StudentConfig
-    from trainer.models import ModelError, build_student
+    from lightmbert.configs import LossConfig, StudentConfig
+    from lightmbert.trainer.models import ModelError, build_student
     teacher = _tiny_teacher(mlm=False)
     with pytest.raises(ModelError, match="set student.init: random"):
         build_student(teacher, StudentConfig(num_layers=2, hidden_size=16, freeze_embeddings=False), 0)
@@ -311,8 +235,8 @@ def test_narrower_student_uses_a_learned_projection():
 
 
 def test_init_from_an_exported_student(tmp_path):
-    from configs import StudentConfig
-    from trainer.models import ModelError, build_student
+    from lightmbert.configs import StudentConfig
+    from lightmbert.trainer.models import ModelError, build_student
     teacher = _tiny_teacher(mlm=False)
     first, _ = build_student(teacher, StudentConfig(num_layers=2, init="random", freeze_embeddings=False), 1)
     first.save_pretrained(tmp_path / "stage1")
@@ -342,7 +266,7 @@ def test_all_loss_terms_under_deepspeed(shards, tmp_path):
 
 NAN_DRIVER = """
 import sys, torch
-import trainer.losses as L
+import lightmbert.trainer.losses as L
 orig, calls = L.DistillObjective.forward, [0]
 def forward(self, *a, **k):
     total, terms = orig(self, *a, **k)
@@ -351,7 +275,7 @@ def forward(self, *a, **k):
         total = total * float("nan")
     return total, terms
 L.DistillObjective.forward = forward
-from trainer.distill import main
+from lightmbert.trainer.distill import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -379,8 +303,8 @@ def test_nonfinite_losses_are_skipped_counted_and_abort(shards, tmp_path):
 
 @pytest.mark.slow
 def test_teacher_directory_with_another_tokenizer_is_refused(shards, tmp_path):
-    from data_prep.synthetic import make_tokenizer
-    from trainer.models import load_teacher
+    from lightmbert.data_prep.synthetic import make_tokenizer
+    from lightmbert.trainer.models import load_teacher
     cfg = load(DistillConfig, REPO / CONFIG)
     teacher = load_teacher(cfg.teacher, False, torch.device("cpu"), torch.float32, 0)
     good = tmp_path / "teacher_good"

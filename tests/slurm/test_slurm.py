@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from data_prep.synthetic import WORDS, make_tokenizer, random_documents, write_text
+from lightmbert.data_prep.synthetic import WORDS, make_tokenizer, random_documents, write_text
 from tests.slurm.cluster import Cluster, SlurmUnavailable
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,15 +33,15 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from configs import PrepConfig, load
-    from data_prep.shard import run
+    from lightmbert.configs import PrepConfig, load
+    from lightmbert.data_prep.shard import run
     d = tmp_path_factory.mktemp("slurmdata")
     tok = make_tokenizer(d / "tok")
     for i, lang in enumerate(WORDS):
         for j in range(2):
             write_text(d / "text" / lang / f"f{j}.txt", random_documents(lang, 150, seed=10 * i + j))
     cfg = d / "prep.yaml"
-    cfg.write_text(f"# python -m data_prep.shard --config {cfg}\ninput: {{directory: {d}/text}}\n"
+    cfg.write_text(f"# python -m lightmbert.data_prep.shard --config {cfg}\ninput: {{directory: {d}/text}}\n"
                    f"tokenizer: {{name_or_path: {tok}}}\npacking: {{seq_len: 32}}\n"
                    f"output: {{dir: {d}/shards, shard_samples: 100}}\n")
     run(load(PrepConfig, cfg, ["--workers=1"]))

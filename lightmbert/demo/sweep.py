@@ -1,0 +1,137 @@
+"""python -m lightmbert.demo.sweep --sweep configs/sweep/demo.yaml [--only a,b] [--out runs/sweep]
+
+Quality sweep for the demo: one short distillation per variant (a named list of config
+overrides on top of the sweep's base config), then held-out cross-lingual retrieval of each
+exported student against the teacher and the undistilled truncation, on the same pairs.
+The loss is not the judge (lightmbert/benchmarks/README.md, Findings): the retrieval is. Prints a table and
+writes CSV + JSON. Run by hand; on a GPU a variant of the CPU demo's size takes ~1 minute.
+
+Sweep file (YAML):
+  base: configs/distill/demo_cpu.yaml   # the distill config every variant starts from
+  nproc: 1                              # processes per run (torchrun --standalone)
+  common: ["--data.micro_batch_size=32"]
+  pairs: ${LIGHTMBERT_CACHE:-~/.cache/lightmbert}/demo/heldout.jsonl
+  variants: {name: ["--loss.pooled_weight=1", ...], ...}
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from lightmbert.benchmarks.report import report
+
+
+def load_sweep(path: Path) -> dict:
+    import yaml
+
+    from lightmbert.configs.loader import expand_env
+    from .report import XNLI_OTHER
+    spec = yaml.safe_load(path.read_text())
+    for key in ("base", "variants"):
+        if key not in spec:
+            raise SystemExit(f"{path}: missing key {key!r}")
+    spec.setdefault("nproc", 1)
+    spec.setdefault("common", [])
+    spec.setdefault("prefix", "query: ")
+    spec.setdefault("max_per_language", 300)
+    spec.setdefault("languages", XNLI_OTHER)
+    spec["pairs"] = expand_env(spec.get("pairs", "${LIGHTMBERT_CACHE:-~/.cache/lightmbert}/demo/heldout.jsonl"))
+    return spec
+
+
+def first_last_loss(run_dir: Path) -> tuple[float, float]:
+    rows = [json.loads(x) for x in (run_dir / "trace_rank0.jsonl").read_text().splitlines()]
+    return float(rows[0]["loss"]), float(rows[-1]["loss"])
+
+
+def live_curve(run_dir: Path) -> str:
+    """The run's live retrieval (eval/retrieval/mean in TensorBoard) as `step:value ...`, when
+    the variant turned live evaluation on: one 600-step run then also gives the 300-step number."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    ev = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    ev.Reload()
+    if "eval/retrieval/mean" not in ev.Tags()["scalars"]:
+        return ""
+    return " ".join(f"{e.step}:{e.value:.4f}" for e in ev.Scalars("eval/retrieval/mean"))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sweep", type=Path, required=True)
+    ap.add_argument("--only", default="", help="comma-separated variant names")
+    ap.add_argument("--out", type=Path, default=Path("runs/sweep"))
+    ap.add_argument("--keep", action="store_true", help="keep each run's checkpoints")
+    args = ap.parse_args(argv)
+    spec = load_sweep(args.sweep)
+    names = [n for n in spec["variants"] if not args.only or n in args.only.split(",")]
+    import shutil
+
+    import torch
+
+    from lightmbert.evaluation import default_device, load_encoder, load_pairs, retrieval
+
+    dev = default_device()
+    pairs = load_pairs(spec["pairs"], spec["languages"], spec["max_per_language"])
+    from lightmbert.configs import DistillConfig, load
+    base_cfg = load(DistillConfig, spec["base"], [f"--{o.lstrip('-')}" for o in spec["common"]
+                                                  if o.lstrip("-").startswith(("teacher.", "student."))])
+    teacher_dir = base_cfg.teacher.name_or_path
+    n_layers = base_cfg.student.num_layers
+    model, tok = load_encoder(teacher_dir, dev)  # one pass: the teacher and its truncation
+    last = model.config.num_hidden_layers
+    res = retrieval(model, tok, pairs, spec["prefix"], layers=(last, n_layers), progress=True,
+                    desc="retrieval teacher + before")
+    ref = {"teacher": res[last]["mean"]["mean"], "before": res[n_layers]["mean"]["mean"]}
+    before = {k: v["mean"] for k, v in res[n_layers].items() if k != "mean"}
+    del model
+    print(f"teacher {ref['teacher']:.4f}  before {ref['before']:.4f}  goal {0.97 * ref['teacher']:.4f}",
+          flush=True)
+    rows, per_lang = [], {}
+    for name in names:
+        run_dir = args.out / name
+        shutil.rmtree(run_dir, ignore_errors=True)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={spec['nproc']}", "-m", "lightmbert.trainer.distill", "--config", spec["base"],
+               f"--run.output_dir={run_dir}", "--run.trace=true", "--run.progress_bar=false",
+               *spec["common"], *spec["variants"][name]]
+        t0 = time.time()
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        secs = time.time() - t0
+        if proc.returncode != 0:
+            print(proc.stdout[-3000:])
+            rows.append(dict(variant=name, rc=proc.returncode, train_s=round(secs), retrieval="",
+                             over_teacher="", below_before="", loss_first="", loss_last="", live=""))
+            continue
+        l0, l1 = first_last_loss(run_dir)
+        model, tok = load_encoder(str(run_dir / "student"), dev)
+        res = retrieval(model, tok, pairs, spec["prefix"], progress=True, desc=f"retrieval {name}")
+        del model
+        per_lang[name] = {k: v["mean"] for k, v in res.items()}
+        acc = res["mean"]["mean"]
+        # languages where the student retrieves worse than the truncation it started from
+        below = [k for k, v in before.items() if res[k]["mean"] < v]
+        rows.append(dict(variant=name, rc=0, train_s=round(secs), retrieval=round(acc, 4),
+                         over_teacher=round(acc / ref["teacher"], 4), below_before=" ".join(below) or "-",
+                         loss_first=round(l0, 4), loss_last=round(l1, 4), live=live_curve(run_dir)))
+        print(f"{name}: retrieval {acc:.4f} ({acc / ref['teacher']:.3f} of teacher), "
+              f"loss {l0:.4f} → {l1:.4f}, {secs:.0f} s", flush=True)
+        if not args.keep:
+            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "sweep.json").write_text(json.dumps(
+        {"reference": ref, "before_per_language": before,
+         "variants": {n: spec["variants"][n] for n in names}, "per_language": per_lang,
+         "common": spec["common"], "base": spec["base"]}, indent=1))
+    print(f"\nsweep {args.sweep} on {dev}: teacher {ref['teacher']:.4f}, before {ref['before']:.4f}")
+    report(rows, args.out / "sweep.csv")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
