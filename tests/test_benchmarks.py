@@ -3,11 +3,10 @@ import csv
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
 
 
 def test_bench_kernels_tiny(tmp_path):

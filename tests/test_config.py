@@ -1,12 +1,9 @@
 """The typed YAML config loader: errors name key + file, precedence, shipped YAMLs."""
-from pathlib import Path
-
 import pytest
 import yaml
 
 from lightmbert.configs import ConfigError, PrepConfig, describe, dump, load
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
 
 
 def write(tmp_path, text, name="x.yaml"):

@@ -10,8 +10,7 @@ import torch
 
 from lightmbert.data_prep.synthetic import WORDS
 from lightmbert.evaluation import load_pairs, retrieval, top1, write_tables
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
 
 
 @pytest.fixture(scope="module")

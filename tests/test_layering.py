@@ -23,7 +23,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
+
 PKG = REPO / "lightmbert"
 SUBPACKAGES = {"kernels", "configs", "data_prep", "evaluation", "trainer", "deploy", "demo", "benchmarks"}
 ALLOWED = {

@@ -11,11 +11,11 @@ import subprocess
 import sys
 import sysconfig
 import zipfile
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
+
 SCRIPTS = ["lightmbert-prep", "lightmbert-inspect", "lightmbert-distill", "lightmbert-export-hf",
            "lightmbert-eval", "lightmbert-xnli", "lightmbert-trim", "lightmbert-export-onnx"]
 

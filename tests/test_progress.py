@@ -6,11 +6,9 @@ import io
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 from lightmbert.data_prep.progress import Progress, track
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
 
 
 class FakeTTY(io.StringIO):

@@ -19,8 +19,7 @@ from lightmbert.data_prep import PrepError
 from lightmbert.data_prep.manifest import read_manifest, shard_paths, verify
 from lightmbert.data_prep.shard import run
 from lightmbert.data_prep.synthetic import WORDS, random_documents, write_text
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
 
 
 def cfg_for(text_dir, tok, out, *extra):
