@@ -6,7 +6,11 @@
 # by Slurm `grace` seconds before the time limit, see --signal) or SIGTERM (partition
 # preemption), the trainer checkpoints at the next step and exits with 75; this script then
 # requeues the job, and the requeued run resumes from that checkpoint automatically.
-# A job that finishes (exit 0) or fails for real is not requeued.
+# Requeued only on the trainer's "checkpointed, requeue me" exit (75), or when a signal or a
+# preemption killed it before it could checkpoint (exit > 128: it resumes from the previous
+# checkpoint) — at most LIGHTMBERT_MAX_REQUEUES times (default 50). Never on 0 (done), 2 (bad
+# config or data), 3 (non-finite losses), 4 (quality stop) or any other failure: a real error
+# after a preemption must not requeue forever.
 #
 # Lines marked EDIT are site-specific. Monitor: squeue -u $USER; tail -f lightmbert-<jobid>.out;
 # tensorboard --logdir <run.output_dir>/tensorboard. Cancel: scancel <jobid>.
@@ -68,10 +72,22 @@ while true; do  # `wait` returns early when a trapped signal arrives: wait again
 done
 
 PREEMPTED=$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | grep -o 'PreemptTime=[^ ]*' | grep -v None)
-if [[ $SIGNALED == 1 || $CODE == 75 || -n "$PREEMPTED" ]] && [[ $CODE != 0 ]]; then
-  echo "[slurm] checkpointed after a signal (exit $CODE): requeueing job $SLURM_JOB_ID"
+RESTARTS=${SLURM_RESTART_COUNT:-0}
+MAX_REQUEUES=${LIGHTMBERT_MAX_REQUEUES:-50}
+REQUEUE=0
+if [[ $CODE == 75 ]]; then
+  WHY="checkpointed after a signal (exit 75)"; REQUEUE=1
+elif (( CODE > 128 )) && [[ $SIGNALED == 1 || -n "$PREEMPTED" ]]; then
+  WHY="killed by a signal before a checkpoint (exit $CODE); the next run resumes from the last one"; REQUEUE=1
+fi
+if (( REQUEUE )) && (( RESTARTS >= MAX_REQUEUES )); then
+  echo "[slurm] $WHY, but the job was already requeued $RESTARTS times (LIGHTMBERT_MAX_REQUEUES=$MAX_REQUEUES): not requeueing"
+  exit "$CODE"
+fi
+if (( REQUEUE )); then
+  echo "[slurm] $WHY: requeueing job $SLURM_JOB_ID (restart $((RESTARTS + 1)))"
   scontrol requeue "$SLURM_JOB_ID"
   exit 0
 fi
-echo "[slurm] finished with exit code $CODE"
+echo "[slurm] finished with exit code $CODE (not requeued: 0 done, 2 bad config/data, 3 non-finite losses, 4 quality stop)"
 exit "$CODE"

@@ -342,4 +342,6 @@ def test_a_truncated_shard_ends_every_rank_with_its_name(shards, tmp_path):
                               "--data.languages=[de]"), timeout=300)
     assert code != 0, log[-3000:]
     assert "rank 1:" in log and "truncated" in log and any(str(v) in log for v in victims), log[-3000:]
+    # every rank exits naming it (the batch agreement), none by a collective's timeout
+    assert log.count("lightmbert.trainer.distill: error: rank 1:") == 2, log[-3000:]
     assert time.time() - t0 < 150

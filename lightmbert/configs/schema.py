@@ -358,8 +358,10 @@ class DataConfig:
     num_workers: int = 2
     """DataLoader worker processes per rank."""
     shuffle_buffer: int = 1000
-    """Shuffle window: each epoch's order of a language is its shards in a seeded order,
-    shuffled within windows of this many consecutive samples (a seeded permutation each)."""
+    """Shuffle window: each epoch's order of a language is its shards in a seeded order, and
+    every stream's slice of it is shuffled within windows of this many consecutive samples (a
+    seeded bijection each, no table: any size costs no memory). A stream holds the shards its
+    current window overlaps (about window + 2 shards of samples per language)."""
     group_by_length: int = 0
     """G > 1: sort the samples of G micro-batches by length and batch neighbours together (the
     batches then come in a seeded random order). Cuts padding on short, varied texts; no

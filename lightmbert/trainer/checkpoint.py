@@ -5,9 +5,11 @@ finished. Another world size may resume (ZeRO-1/2 save elastic optimizer partiti
 data is re-split): the RNG states then start anew per rank.
 
 Layout: <run>/checkpoints/step00000100/ (DeepSpeed's files, rng_rank{r}.pt, complete),
-<run>/checkpoints/latest. Resuming never silently starts over: a `latest` naming a missing or
-incomplete checkpoint falls back to the newest complete one with a warning, and a run
-directory holding checkpoints none of which is complete is an error.
+<run>/checkpoints/latest. Resuming never silently starts over: it takes the newest complete
+checkpoint (a `latest` naming a missing or incomplete one falls back with a warning), and a
+run directory holding checkpoints none of which is complete is an error. Partial saves are
+set aside at resume and never counted by rotation, so the second preempted save of a run
+cannot delete its only complete checkpoint.
 """
 from __future__ import annotations
 
@@ -47,27 +49,56 @@ def _complete(d: Path) -> bool:
     return (d / "complete").is_file()
 
 
+def _dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _barrier() -> None:
+    if _dist():
+        dist.barrier()
+
+
+def _from_rank0(value):
+    """Rank 0's `value` on every rank (a collective; as is without a process group)."""
+    if not _dist():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 class Checkpointer:
-    def __init__(self, run_dir: str | os.PathLike, keep: int, rank: int):
+    """Saves and finds checkpoints. Every decision about the directory — which tag to resume,
+    its world size, setting partial tags aside, rotation — is rank 0's, broadcast to the
+    others: on a shared filesystem with attribute caching, ranks that scanned the directory
+    each for itself could pick different steps."""
+
+    def __init__(self, run_dir: str | os.PathLike, keep: int, rank: int, world: int | None = None):
         self.dir = Path(run_dir) / "checkpoints"
-        self.keep, self.rank = keep, rank
-        self._picked: tuple[str | None] | None = None  # resume_tag()'s one pick
-        self._saved: str | None = None                   # the last tag save() wrote
+        self.keep, self.rank = max(1, keep), rank
+        self.world = world if world is not None else (dist.get_world_size() if _dist() else 1)
+        self._picked: tuple | None = None   # resume_tag()'s one pick: (tag, saved world)
+        self._saved: str | None = None      # the last tag save() wrote
+
+    def _tags(self) -> list[str]:
+        return sorted(p.name for p in self.dir.glob("step*") if p.is_dir()) if self.dir.is_dir() else []
 
     def latest(self) -> str | None:
-        """The checkpoint to resume from, or None for a fresh run (see the module docstring)."""
+        """The checkpoint to resume from, or None for a fresh run (see the module docstring):
+        the newest complete one (the `latest` pointer only moves after the marker, so a newer
+        complete tag than it names is a save that finished just before a kill)."""
         pointer = self.dir / "latest"
-        tags = sorted(p.name for p in self.dir.glob("step*") if p.is_dir()) if self.dir.is_dir() else []
+        tags = self._tags()
         complete = [t for t in tags if _complete(self.dir / t)]
         named = pointer.read_text().strip() if pointer.is_file() else None
-        if named is not None and named in complete:
+        if named is not None and complete and named == complete[-1]:
             return named
         if named in tags and not complete and (self.dir / named / "rng_rank0.pt").is_file():
             return named  # written before markers existed: the pointer only moved once complete
         if not named and not tags:
             return None
         if complete:
-            if named is not None:
+            if named is not None and named not in complete:
                 why = "is missing" if named not in tags else "is incomplete (no 'complete' marker)"
                 print(f"[checkpoint] warning: {pointer} names {named}, which {why}; resuming from the newest "
                       f"complete checkpoint, {complete[-1]}", file=sys.stderr, flush=True)
@@ -76,11 +107,35 @@ class Checkpointer:
                               + f"none of the checkpoints {tags} is complete; refusing to restart from step 0 "
                               f"over them (move or delete {self.dir} to start a new run)")
 
+    def _set_aside(self, keep: str | None) -> None:
+        """Partial tags (a save that was preempted or killed) are renamed `partial-<tag>`: never
+        resumed, never counted by rotation, never saved into (the next save of that step
+        starts from an empty directory), and removed by the next rotation."""
+        for tag in self._tags():
+            if tag != keep and not _complete(self.dir / tag):
+                aside = self.dir / f"partial-{tag}"
+                shutil.rmtree(aside, ignore_errors=True)
+                os.replace(self.dir / tag, aside)
+                print(f"[checkpoint] {tag} is incomplete (a save that did not finish): moved to {aside.name}",
+                      file=sys.stderr, flush=True)
+
     def resume_tag(self) -> str | None:
-        """`latest()`, picked once: `reshape()` and `load()` must resume the same checkpoint
-        (and a fallback warning is printed once)."""
+        """`latest()` as rank 0 sees it, picked once and broadcast: `reshape()` and `load()`
+        resume the same checkpoint on every rank (and a fallback warning is printed once)."""
         if self._picked is None:
-            self._picked = (self.latest(),)
+            pick, error = (None, None), None
+            if self.rank == 0 or not _dist():
+                try:
+                    tag = self.latest()
+                    if self.rank == 0:
+                        self._set_aside(tag)
+                    pick = (tag, self._saved_world(tag) if tag else None)
+                except CheckpointError as e:
+                    error = str(e)
+            pick, error = _from_rank0((pick, error))
+            if error:
+                raise CheckpointError(error)
+            self._picked = pick
         return self._picked[0]
 
     def has(self, step: int) -> bool:
@@ -91,26 +146,50 @@ class Checkpointer:
 
     def save(self, engine, step: int, client_state: dict) -> str:
         tag = f"step{step:08d}"
-        world = dist.get_world_size()
+        if self.has(step) and _complete(self.dir / tag):
+            return tag  # resumed from (or wrote) this very step: nothing new, and never destroy it
+        if _complete(self.dir / tag):
+            raise CheckpointError(f"{self.dir / tag} exists and is complete, but this run neither resumed from "
+                                  f"nor wrote it; refusing to overwrite it (is another run using {self.dir.parent}?)")
+        if self.rank == 0 and (self.dir / tag).exists():
+            # a save into a tag directory that exists (a partial save of this step) starts empty:
+            # stale zero_pp_rank_* files of a larger world would be globbed by ds_to_universal
+            shutil.rmtree(self.dir / tag)
+        _barrier()
         engine.save_checkpoint(str(self.dir), tag=tag, client_state=client_state, save_latest=False)
         torch.save(_rng_state(), self.dir / tag / f"rng_rank{self.rank}.pt")
-        dist.barrier()  # every rank's shards are on disk before the marker and the pointer
+        _barrier()  # every rank's shards are on disk before the marker and the pointer
         if self.rank == 0:
-            (self.dir / tag / "complete").write_text(json.dumps({"step": step, "world_size": world}))
+            (self.dir / tag / "complete").write_text(json.dumps({"step": step, "world_size": self.world}))
             tmp = self.dir / "latest.tmp"
             tmp.write_text(tag)
             os.replace(tmp, self.dir / "latest")
-            tags = sorted(p.name for p in self.dir.glob("step*") if p.is_dir())
-            for old in tags[:-self.keep]:
-                shutil.rmtree(self.dir / old, ignore_errors=True)
-        dist.barrier()
+            self.rotate(tag)
+        _barrier()
         self._saved = tag
         return tag
 
+    def rotate(self, written: str) -> None:
+        """Keep the newest `keep` complete checkpoints (always the one just written); remove
+        the older complete ones and the partial saves set aside. Incomplete `step*` tags are
+        not counted and not touched."""
+        complete = [t for t in self._tags() if _complete(self.dir / t)]
+        kept = set(complete[-self.keep:]) | {written}
+        for old in complete:
+            if old not in kept:
+                shutil.rmtree(self.dir / old, ignore_errors=True)
+        for aside in self.dir.glob("partial-step*"):
+            shutil.rmtree(aside, ignore_errors=True)
+
     def _saved_world(self, tag: str) -> int:
         d = self.dir / tag
-        return json.loads((d / "complete").read_text()).get("world_size", dist.get_world_size()) \
-            if _complete(d) else dist.get_world_size()
+        return json.loads((d / "complete").read_text()).get("world_size", self.world) \
+            if _complete(d) else self.world
+
+    def saved_world(self) -> int | None:
+        """The world size that wrote the checkpoint to resume (rank 0's reading, broadcast)."""
+        self.resume_tag()
+        return self._picked[1]
 
     def reshape(self) -> bool:
         """Before the engine exists (every rank): True when the checkpoint to resume was written
@@ -118,27 +197,26 @@ class Checkpointer:
         form (<tag>/universal, ds_to_universal), which the engine must load with
         `checkpoint.load_universal` to re-partition the optimizer state."""
         tag = self.resume_tag()
-        if tag is None or self._saved_world(tag) == dist.get_world_size():
+        if tag is None or self.saved_world() == self.world:
             return False
         out = self.dir / tag / "universal"
         error = None
         if self.rank == 0 and not (out / "mp_rank_00_model_states.pt").is_file():
             tmp = self.dir / tag / "universal.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
-            print(f"[checkpoint] {tag} was written by {self._saved_world(tag)} rank(s), this run has "
-                  f"{dist.get_world_size()}: converting it to DeepSpeed's universal form", flush=True)
+            print(f"[checkpoint] {tag} was written by {self.saved_world()} rank(s), this run has "
+                  f"{self.world}: converting it to DeepSpeed's universal form", flush=True)
             p = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
                                 str(self.dir / tag), "--output_folder", str(tmp), "--num_extract_workers", "1",
                                 "--num_merge_workers", "1"], capture_output=True, text=True)
             if p.returncode != 0:
-                error = f"converting {self.dir / tag} for {dist.get_world_size()} rank(s) failed: " \
+                error = f"converting {self.dir / tag} for {self.world} rank(s) failed: " \
                         + (p.stderr or p.stdout)[-2000:]
             else:
                 os.replace(tmp, out)
-        box = [error]
-        dist.broadcast_object_list(box, src=0)  # every rank fails together, none waits forever
-        if box[0]:
-            raise CheckpointError(box[0])
+        error = _from_rank0(error)  # every rank fails together, none waits forever
+        if error:
+            raise CheckpointError(error)
         return True
 
     def load(self, engine) -> dict | None:
@@ -150,7 +228,7 @@ class Checkpointer:
         if tag is None:
             return None
         rng = self.dir / tag / f"rng_rank{self.rank}.pt"
-        world, saved_world = dist.get_world_size(), self._saved_world(tag)
+        world, saved_world = self.world, self.saved_world()
         if saved_world == world and not rng.is_file():
             raise CheckpointError(f"{rng} is missing: {tag} was written by {saved_world} rank(s) like this "
                                   f"run, and each must have saved its RNG state")

@@ -3,8 +3,9 @@ across ranks and DataLoader workers, seeded shuffling, padding per batch, statef
 
 Every (rank, worker) pair owns one deterministic, endless stream (no rank can run out and
 hang the others). Which samples a stream reads is trainer/sampler.py's plan: per language, a
-contiguous slice of every epoch's seeded order, the slices of all streams partitioning the
-epoch exactly. The stream mixes its languages by a seeded draw per sample, optionally groups
+contiguous, equal, non-empty slice of every epoch's seeded order, the slices of all streams
+partitioning the (padded) epoch exactly. The stream mixes its languages by a low-discrepancy
+sequence (every stream's shares are the configured ones at any stream count), optionally groups
 G·B samples by length into G batches, optionally adds translation pairs (the shards'
 pre-tokenised pair shards), and pads. All its randomness is keyed by counters (the mix draw,
 the pool, the batch), so its whole position is a few integers per language plus the
@@ -16,9 +17,10 @@ resume worker w plays the stream that was next in line.
 """
 from __future__ import annotations
 
+import bisect
 import hashlib
 import random
-from collections import Counter, OrderedDict
+from collections import Counter
 from typing import Iterator
 
 import numpy as np
@@ -30,9 +32,7 @@ from lightmbert.data_prep.manifest import read_manifest, shard_url
 from lightmbert.data_prep.sampling import smoothed_probabilities
 from lightmbert.data_prep.tarreader import ShardError, load_shard, npy_array
 
-from .sampler import Cursor, LanguageOrder, Shard
-
-MIX_BLOCK = 1024   # language draws per seeded block (the mix state is a draw counter)
+from .sampler import Cursor, LanguageOrder, Shard, StreamState, seed_int
 
 
 class DataError(ValueError):
@@ -114,6 +114,35 @@ class ParallelPairs:
         return max(len(en), len(x))
 
 
+class ShardCache:
+    """One language's shards in memory for one stream: the shards of the shuffle window being
+    read, nothing else (sampler.py: a window touches only the shards its canonical range
+    overlaps). Reads are counted (`reads`) so the bound can be checked."""
+
+    def __init__(self, order: LanguageOrder, read):
+        self.order, self.read = order, read
+        self.window: tuple | None = None
+        self.shards: dict[int, list] = {}
+        self.reads = 0
+
+    def get(self, epoch: int, pos: int, streams: int) -> tuple[np.ndarray, tuple[int, int]]:
+        """(input_ids, (sample id, 1 if a wrapped repeat)) at a position of the epoch order."""
+        window = (epoch, streams, *self.order.window_of(pos, streams))
+        if window != self.window:  # drop what the new window does not read
+            keep = self.order.window_shards(epoch, pos, streams)
+            self.shards = {k: v for k, v in self.shards.items() if k in keep}
+            self.window = window
+        k, index, sample_id, wrapped = self.order.locate(epoch, pos, streams)
+        if k not in self.shards:
+            self.shards[k] = self.read(self.order.shards[k])
+            self.reads += 1
+        # a copy: a view would keep the whole shard alive as long as the batch
+        return self.shards[k][index].copy(), (sample_id, int(wrapped))
+
+
+PHI64 = 0x9E3779B97F4A7C15  # 2^64 / golden ratio: the Weyl sequence of the language mix
+
+
 class Stream:
     """One (rank, worker) stream: its cursors, mix, pool and their state (see the module
     docstring). Yields (batch, position): the position is small — the batch counter and how
@@ -121,56 +150,41 @@ class Stream:
     the pool's `fill` snapshot (the cursors and mix after filling it, and its batches'
     sample references); `full_state` turns the two into a checkpointable state."""
 
-    def __init__(self, ds: "MixedStream", sid: int, state: dict | None = None):
+    def __init__(self, ds: "MixedStream", sid: int, state: StreamState | None = None):
         self.ds, self.sid = ds, sid
-        streams = ds.world * ds.workers
-        state = state or {}
+        self.streams = ds.world * ds.workers
+        st = state or StreamState(sid, gen=ds.gen)
         self.key = f"{ds.seed}/{ds.gen}/{sid}"
-        self.cursors = [Cursor(ds.orders[lang].n, streams, sid, state.get("cursors", {}).get(lang))
-                        for lang in ds.languages]
-        if not any(c.available() for c in self.cursors):
-            raise DataError(f"stream {sid}: no samples (too few for {ds.world} ranks × {ds.workers} workers)")
-        self.drawn, self.pools, self.batches = (state.get(k, 0) for k in ("drawn", "pools", "batches"))
-        self.pool: list = [(g, None) for g in state.get("pool", [])]  # (refs, rows or None: read again)
-        self.next = 0                                                   # next batch of the pool
-        self.fill = self._snapshot() if self.pool else None            # sent with the pool's first batch
-        self.cache: list[OrderedDict] = [OrderedDict() for _ in ds.languages]  # per language: url → samples
-        self._block: tuple[int, list[int]] = (-1, [])
+        self.cursors = [Cursor(ds.orders[lang].n, self.streams, sid, st.cursors.get(lang)) for lang in ds.languages]
+        self.drawn, self.pools, self.batches = st.drawn, st.pools, st.batches
+        self.pool: list = [(g, None) for g in st.pool]    # (refs, rows or None: read again)
+        self.next = 0                                       # next batch of the pool
+        self.fill = self._snapshot() if self.pool else None  # sent with the pool's first batch
+        self.cache = [ShardCache(ds.orders[lang], ds.read) for lang in ds.languages]
+        self.phase = seed_int(f"{self.key}/mix")
 
     def _snapshot(self) -> dict:
         return {"drawn": self.drawn, "pools": self.pools, "pool": [refs for refs, _ in self.pool],
                 "cursors": {lang: c.state() for lang, c in zip(self.ds.languages, self.cursors)}}
 
     def _draw(self) -> int:
-        """The language of the next sample: a seeded draw among those this stream can read."""
-        while True:
-            block, i = divmod(self.drawn, MIX_BLOCK)
-            if self._block[0] != block:
-                rng = random.Random(f"{self.key}/mix/{block}")
-                self._block = (block, rng.choices(range(len(self.ds.languages)), self.ds.mix, k=MIX_BLOCK))
-            self.drawn += 1
-            li = self._block[1][i]
-            if self.cursors[li].available():
-                return li
+        """The language of the next sample: the Weyl sequence phase + k·φ (mod 1) against the
+        mix's cumulative shares. Low-discrepancy: after k draws every language's count is
+        within a few samples of q·k, so every stream's shares are the configured ones and
+        streams consume each language in step (the elastic leftover stays small); the seeded
+        phase makes streams differ."""
+        x = (self.phase + self.drawn * PHI64) & ((1 << 64) - 1)
+        self.drawn += 1
+        return min(bisect.bisect_right(self.ds.mix_edges, x), len(self.ds.languages) - 1)
 
-    def _sample(self, li: int, epoch: int, pos: int) -> tuple[np.ndarray, int]:
-        """(input_ids, sample id) at a position of a language's epoch order."""
-        order = self.ds.orders[self.ds.languages[li]]
-        k, index, sample_id = order.locate(epoch, pos)
-        shard, cache = order.shards[k], self.cache[li]
-        if shard.url not in cache:
-            cache[shard.url] = read_samples(shard, self.ds.cfg.verify)
-            if len(cache) > 2:  # a shuffle window spans at most two shards of usual size
-                cache.popitem(last=False)
-        cache.move_to_end(shard.url)
-        # a copy: a view would keep the whole shard alive as long as the batch
-        return cache[shard.url][index].copy(), sample_id
+    def _sample(self, li: int, epoch: int, pos: int, streams: int) -> tuple[np.ndarray, tuple[int, int]]:
+        return self.cache[li].get(epoch, pos, streams)
 
     def _rows(self, samples: list, pair_refs: list) -> list[tuple[int, np.ndarray, list | None]]:
-        """(language index, ids, [language, epoch, sample id] or None) of a batch's rows: its
-        samples ((ref, ids, sample id) each), then with data.parallel the English side and the
-        translation of each pair."""
-        rows = [(r[0], ids, [r[0], r[1], sample_id]) for r, ids, sample_id in samples]
+        """(language index, ids, [language, epoch, sample id, wrapped] or None) of a batch's rows:
+        its samples ((ref, ids, (sample id, wrapped)) each), then with data.parallel the English
+        side and the translation of each pair. `wrapped`: 1 for a padding repeat (sampler.py)."""
+        rows = [(r[0], ids, [r[0], r[1], *rid]) for r, ids, rid in samples]
         pairs = [self.ds.parallel.get(r) for r in pair_refs]
         rows += [(self.ds.index["en"], en, None) for en, _, _ in pairs]
         rows += [(self.ds.index[lang], ids, None) for _, lang, ids in pairs]
@@ -198,26 +212,31 @@ class Stream:
         self.next = 0
         self.fill = self._snapshot()
 
-    def __iter__(self) -> Iterator[tuple[dict, dict]]:
+    def rows(self) -> Iterator[tuple[list, dict]]:
+        """Endless (rows, position) of the stream's batches, before padding (what `__iter__`
+        collates; the planner tests use it directly)."""
         while True:
             if self.next == len(self.pool):
                 self._fill()
             refs, rows = self.pool[self.next]
             if rows is None:  # restored from a checkpoint: read again
                 rows = self._rows([(r, *self._sample(*r)) for r in refs["s"]], refs["p"])
-            batch = self.ds.collate(rows, f"{self.key}/mlm/{self.batches}")
             self.batches += 1
             self.next += 1
             position = {"sid": self.sid, "gen": self.ds.gen, "batches": self.batches, "next": self.next}
             if self.fill is not None:
                 position["fill"], self.fill = self.fill, None
-            yield batch, position
+            yield rows, position
+
+    def __iter__(self) -> Iterator[tuple[dict, dict]]:
+        for rows, position in self.rows():
+            yield self.ds.collate(rows, f"{self.key}/mlm/{position['batches'] - 1}"), position
 
 
-def full_state(fill: dict, position: dict) -> dict:
+def full_state(fill: dict, position: dict) -> StreamState:
     """A stream's checkpointable state from its pool's fill snapshot and its latest position."""
-    return {"sid": position["sid"], "gen": position["gen"], "drawn": fill["drawn"], "pools": fill["pools"],
-            "batches": position["batches"], "pool": fill["pool"][position["next"]:], "cursors": fill["cursors"]}
+    return StreamState(sid=position["sid"], gen=position["gen"], drawn=fill["drawn"], pools=fill["pools"],
+                       batches=position["batches"], pool=fill["pool"][position["next"]:], cursors=fill["cursors"])
 
 
 class MixedStream(IterableDataset):
@@ -230,11 +249,20 @@ class MixedStream(IterableDataset):
         self.languages = sorted(weights)
         self.index = {lang: i for i, lang in enumerate(self.languages)}
         self.mix = [weights[lang] for lang in self.languages]
+        total, acc, self.mix_edges = sum(self.mix), 0.0, []
+        for q in self.mix[:-1]:  # cumulative shares as 64-bit fixed point (Stream._draw)
+            acc += q / total
+            self.mix_edges.append(int(acc * 2.0 ** 64))
+        self.read = lambda shard: read_samples(shard, cfg.verify)   # shard → its samples' ids
         self.pad_id, self.seed, self.rank, self.world = pad_id, seed, rank, world
         self.workers = max(1, cfg.num_workers)
         self.group = max(1, cfg.group_by_length)
         self.gen, self.first_role, self.resume_streams = 0, 0, {}
         self.orders = language_orders(manifest, cfg.shards, self.languages, seed, cfg.shuffle_buffer)
+        # checked here, on every rank alike, not lazily in some DataLoader worker
+        empty = [lang for lang, order in self.orders.items() if order.n == 0]
+        if empty:
+            raise DataError(f"data: languages {empty} have no samples in {cfg.shards}/manifest.json")
         self.parallel = None
         if cfg.parallel:
             if "en" not in self.languages:
@@ -247,7 +275,12 @@ class MixedStream(IterableDataset):
         """`resume` (trainer/data_state.py): the streams' random-key generation, the role of the
         stream that is next in line, and the state of each of this rank's streams."""
         self.gen, self.first_role = resume.get("gen", 0), resume.get("first_role", 0)
-        self.resume_streams = resume.get("streams", {})
+        self.resume_streams = {int(sid): st if isinstance(st, StreamState) else StreamState.from_dict(st)
+                               for sid, st in resume.get("streams", {}).items()}
+
+    def sids(self) -> range:
+        """The streams of this rank."""
+        return range(self.rank * self.workers, (self.rank + 1) * self.workers)
 
     def stream(self, role: int) -> Stream:
         sid = self.rank * self.workers + role
@@ -266,8 +299,8 @@ class MixedStream(IterableDataset):
         return {"input_ids": masked, "labels": labels}
 
     def collate(self, rows: list, mlm_key: str) -> dict:
-        """Padded tensors of a batch's rows (Stream._rows); `rows`: [language, epoch, sample id]
-        of each sample row (for tests and run.trace: which samples were used)."""
+        """Padded tensors of a batch's rows (Stream._rows); `rows`: [language, epoch, sample id,
+        wrapped] of each sample row (for tests and run.trace: which samples were used)."""
         B, L = len(rows), max(len(ids) for _, ids, _ in rows)
         input_ids = torch.full((B, L), self.pad_id, dtype=torch.long)
         mask = torch.zeros((B, L), dtype=torch.long)
@@ -297,7 +330,7 @@ class StatefulLoader:
     def __init__(self, loader: DataLoader, dataset: MixedStream):
         self.loader, self.dataset = loader, dataset
         self.consumed = 0                      # micro-batches this rank took
-        self.streams: dict[int, dict] = {}     # sid → state as restored (none taken since)
+        self.streams: dict[int, StreamState] = {}  # sid → state as restored or fresh (none taken since)
         self.fills: dict[int, dict] = {}       # sid → its current pool's fill snapshot
         self.positions: dict[int, dict] = {}   # sid → position after its last consumed batch
 
@@ -306,7 +339,7 @@ class StatefulLoader:
         if resume:
             self.dataset.restore(resume)
             self.consumed = resume.get("consumed", 0)
-            self.streams = dict(resume.get("streams", {}))
+            self.streams = dict(self.dataset.resume_streams)
 
     def __iter__(self):
         for batch in self.loader:
@@ -318,9 +351,11 @@ class StatefulLoader:
             yield batch
 
     def state_dict(self) -> dict:
-        streams = dict(self.streams)
+        """Every stream of this rank, each a complete StreamState record (as a dict)."""
+        streams = {sid: StreamState(sid, gen=self.dataset.gen) for sid in self.dataset.sids()}
+        streams.update(self.streams)
         streams.update({sid: full_state(self.fills[sid], pos) for sid, pos in self.positions.items()})
-        return {"consumed": self.consumed, "streams": streams}
+        return {"consumed": self.consumed, "streams": {sid: st.to_dict() for sid, st in streams.items()}}
 
 
 def as_is(batch: dict) -> dict:

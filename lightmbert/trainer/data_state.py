@@ -14,8 +14,11 @@ Resumed:
   re-split over the new streams (trainer/sampler.py), which then go on with fresh epochs.
   Each sample is still used exactly once per epoch; the order from there on is a new seeded
   one (a new `gen`eration of the streams' random keys);
-- other shards, seed, shuffle_buffer or languages → positions mean nothing any more: an error
-  naming what changed, unless data.reset_position starts the data at a fresh epoch.
+  The leftover is bounded (sampler.unconsumed): what it cuts is logged, with counts;
+- other shards (names, sample counts or sha256, translation-pair shards included), seed,
+  shuffle_buffer or languages → positions mean nothing any more: an error naming what
+  changed, unless data.reset_position starts the data at a fresh epoch. A data entry of an
+  older format also starts the data at a fresh epoch, with a warning.
 """
 from __future__ import annotations
 
@@ -27,9 +30,9 @@ import torch.distributed as dist
 from lightmbert.configs import DataConfig
 
 from .data import DataError, MixedStream, StatefulLoader
-from .sampler import resplit, unconsumed
+from .sampler import StreamState, resplit, unconsumed
 
-VERSION = 1
+VERSION = 2  # 2: equal padded slices, intervals carry their layout, StreamState records
 
 
 def shape_of(cfg: DataConfig, world: int, grad_accum: int, parallel: bool) -> dict:
@@ -38,13 +41,22 @@ def shape_of(cfg: DataConfig, world: int, grad_accum: int, parallel: bool) -> di
             "parallel_pairs": cfg.parallel_pairs if parallel else 0}
 
 
+def _digest(shards: list) -> str:
+    """Names, sample counts and content (the manifest's sha256) of a list of shards."""
+    items = [(s.url.rsplit("/", 1)[-1], s.samples, s.sha256) for s in shards]
+    return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
+
+
 def order_of(ds: MixedStream) -> dict:
-    """What the epoch orders depend on (a language by the digest of its shard list)."""
-    def digest(order) -> str:
-        names = [(s.url.rsplit("/", 1)[-1], s.samples) for s in order.shards]
-        return hashlib.sha256(json.dumps(names).encode()).hexdigest()[:16]
-    return {"seed": ds.seed, "shuffle_buffer": ds.cfg.shuffle_buffer,
-            "languages": {lang: digest(order) for lang, order in ds.orders.items()}}
+    """What the data position depends on: each language's shards (and the translation-pair
+    shards, whose items a pool refers to by index)."""
+    from .sampler import Shard
+    out = {"seed": ds.seed, "shuffle_buffer": ds.cfg.shuffle_buffer,
+           "languages": {lang: _digest(order.shards) for lang, order in ds.orders.items()}}
+    if ds.parallel is not None:
+        pairs = ds.manifest.get("parallel") or {}
+        out["parallel"] = _digest([Shard(s["path"], s["samples"], s["sha256"]) for s in pairs.get("shards", [])])
+    return out
 
 
 def gather(loader: StatefulLoader, grad_accum: int) -> dict:
@@ -68,6 +80,8 @@ def _order_changes(saved: dict, now: dict) -> list[str]:
     if sorted(old) != sorted(new):
         out.append(f"languages: {sorted(old)} → {sorted(new)}")
     out += [f"shards of {lang!r}" for lang in sorted(set(old) & set(new)) if old[lang] != new[lang]]
+    if saved.get("parallel") != now.get("parallel"):
+        out.append("the translation-pair shards")
     return out
 
 
@@ -76,6 +90,10 @@ def resume_plan(saved: dict | None, ds: MixedStream, grad_accum: int, reset: boo
     fresh MixedStream of the new job (for its orders and shape)."""
     if saved is None:
         return None
+    if saved.get("version") != VERSION:
+        log(f"warning: the checkpoint's data position has format version {saved.get('version')} (this "
+            f"version reads {VERSION}); starting the data at a fresh epoch")
+        return {"gen": saved.get("gen", 0) + 1}
     now_shape = shape_of(ds.cfg, ds.world, grad_accum, ds.parallel is not None)
     changes = _order_changes(saved["order"], order_of(ds))
     if changes:
@@ -96,29 +114,36 @@ def resume_plan(saved: dict | None, ds: MixedStream, grad_accum: int, reset: boo
         if old["grad_accum"] != now_shape["grad_accum"]:
             log(f"data: grad_accum {old['grad_accum']} → {now_shape['grad_accum']}; the streams continue as they were")
         return {"gen": saved["gen"], "first_role": consumed % W, "consumed": consumed,
-                "streams": {sid: streams[sid] for sid in mine if sid in streams}}
+                "streams": {sid: StreamState.from_dict(streams[sid]) for sid in mine if sid in streams}}
     return _elastic(saved, streams, ds, log)
 
 
 def _elastic(saved: dict, streams: dict, ds: MixedStream, log) -> dict:
     old = saved["shape"]
     S_old, S_new = old["world"] * old["workers"], ds.world * ds.workers
-    new_states: list[dict] = [{"cursors": {}} for _ in range(S_new)]
-    left_total = 0
+    gen = saved["gen"] + 1
+    new_states = [StreamState(sid, gen=gen) for sid in range(S_new)]
+    states = {sid: StreamState.from_dict(st) for sid, st in streams.items()}
+    left_total, cuts, cut_by = 0, [], {}
     for li, lang in enumerate(ds.languages):
         n = ds.orders[lang].n
-        cursors = [streams.get(sid, {}).get("cursors", {}).get(lang) for sid in range(S_old)]
+        cursors = [states[sid].cursors.get(lang) if sid in states else None for sid in range(S_old)]
         # samples read into a pool but in no batch the trainer took: back to the unread ones
-        returned = [(e, p) for st in streams.values() for group in st["pool"]
-                    for ref_li, e, p in group["s"] if ref_li == li]
-        left, first_fresh = unconsumed(n, S_old, cursors, returned)
-        left_total += sum(b - a for _, a, b in left)
+        returned = [(e, p, s) for st in states.values() for group in st.pool
+                    for ref_li, e, p, s in group["s"] if ref_li == li]
+        left, first_fresh, cut = unconsumed(n, S_old, cursors, returned, S_new)
+        left_total += sum(b - a for _, a, b, _ in left)
+        if cut:
+            cut_by[lang] = cut
+            cuts.append(f"{lang}: {sum(cut.values())} position(s) of epoch(s) {sorted(cut)}")
         for sid, cur in enumerate(resplit(n, left, first_fresh, S_new)):
-            new_states[sid]["cursors"][lang] = cur
+            new_states[sid].cursors[lang] = cur
+    if cuts:
+        log("data: elastic resume: the leftover of the epochs in progress is bounded; not used in their "
+            "epoch (streams that were epochs behind, or fragments of resizes without progress): " + "; ".join(cuts))
     log(f"data: elastic resume from {old['world']} rank(s) × {old['workers']} worker(s), micro-batch "
         f"{old['micro_batch']}, grad_accum {old['grad_accum']} → {ds.world} × {ds.workers}, "
         f"{ds.cfg.micro_batch_size}: the {left_total} samples of the epochs in progress no stream had used "
         f"are re-split over {S_new} stream(s); every sample is still used once per epoch")
-    W = ds.workers
-    return {"gen": saved["gen"] + 1, "first_role": 0, "consumed": 0,
-            "streams": {sid: {"sid": sid, **new_states[sid]} for sid in range(ds.rank * W, (ds.rank + 1) * W)}}
+    return {"gen": gen, "first_role": 0, "consumed": 0, "streams": {sid: new_states[sid] for sid in ds.sids()},
+            "cut": cut_by}

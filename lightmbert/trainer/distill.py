@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     from .data import DataError
     from .distiller import Distiller, RunLocked, shutdown
     from .models import ModelError
+    from .step import DataFailure
     distiller = None
     try:
         try:
@@ -46,7 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         except FloatingPointError as e:
             print(f"lightmbert.trainer.distill: error: {e}", file=sys.stderr)
             return 3
-        except ShardError as e:  # a missing, truncated or garbled shard, found while training
+        except DataFailure as e:  # a missing, truncated or garbled shard, found by some rank while training
+            print(f"lightmbert.trainer.distill: error: {e}", file=sys.stderr)
+            return 2
+        except ShardError as e:
             print(f"lightmbert.trainer.distill: error: rank {distiller.rank}: {str(e).strip().splitlines()[-1]}",
                   file=sys.stderr)
             return 2

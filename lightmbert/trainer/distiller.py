@@ -118,7 +118,7 @@ class Distiller:
 
         # 5. engine: the ds_config generated from our config; only trainable params optimised
         self.ds_config = build_ds_config(cfg.engine, cfg.optim, cfg.data, self.world, self.precision)
-        self.ckpt = Checkpointer(self.run_dir, run.keep_checkpoints, self.rank)
+        self.ckpt = Checkpointer(self.run_dir, run.keep_checkpoints, self.rank, self.world)
         if self.ckpt.reshape():  # resuming on another number of ranks (step 7)
             self.ds_config["checkpoint"] = {"load_universal": True}
         groups = param_groups(self.module, cfg.optim.weight_decay)
@@ -133,8 +133,11 @@ class Distiller:
         # 6. the step (its data position and counters are set on resume) and live evaluation
         self.step = 0
         self.stop = StopRequest(self.rank, launched="LOCAL_RANK" in self._env_at_start)
+        # batch agreement on a CPU group: no device sync for it (the default group is gloo on CPU)
+        control = dist.new_group(backend="gloo") if self.cuda else None
         self.stepper = Stepper(self.engine, self.teacher, self._teacher, self.device, self.world,
-                               cfg.engine.grad_accum, run.max_bad_steps, run.trace, [], self.stop, self._log)
+                               cfg.engine.grad_accum, run.max_bad_steps, run.trace, [], self.stop, self._log,
+                               self.rank, control)
         self.live_eval = None
         if cfg.eval.pairs:
             from .live_eval import LiveEval

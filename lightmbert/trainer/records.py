@@ -1,7 +1,7 @@
 """What a run leaves in its folder besides checkpoints and TensorBoard: the resolved config
 (`config.yaml`, rerunnable), the generated `ds_config.json`, `run_info.json` (git revision,
 world size, layer map, ...), the student's HF config (what `lightmbert.trainer.export` rebuilds it from),
-and with `run.trace` a per-rank `trace_rank<r>.jsonl` (exact loss, batch hash and the [language, epoch, sample id]
+and with `run.trace` a per-rank `trace_rank<r>.jsonl` (exact loss, batch hash and the [language, epoch, sample id, wrapped]
 of every sample row, per step)."""
 from __future__ import annotations
 

@@ -3,9 +3,15 @@ the life of the run.
 
 Re-running the same command is how a run resumes, so two runs on one directory are one typo
 (or one orphaned torchrun worker) away; they would race on checkpoints and the `latest`
-pointer. The lock file records who holds it (host, pid, start time, command). The kernel
-drops a lock with its process, so a run that died (kill -9, OOM, node reboot) never blocks the
-next one: its record is still in the file, and the next run takes over with a warning.
+pointer. The lock file records who holds it (host, pid, start time, command) and a heartbeat
+the holder rewrites every HEARTBEAT_S seconds. The kernel drops a lock with its process, so a
+run that died (kill -9, OOM, node reboot) never blocks the next one on the same host: its
+record is still in the file, and the next run takes over with a warning.
+
+Where file locks are node-local (NFS `local_lock`, Lustre `localflock`, BeeGFS) a job on
+another host gets the lock although the holder lives: a record from another host is
+therefore only taken over once its heartbeat is stale — older than STALE_S, or not moving
+while we watch it for two heartbeat periods (our own clock: no cross-host clock skew).
 """
 from __future__ import annotations
 
@@ -14,8 +20,12 @@ import json
 import os
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
+
+HEARTBEAT_S = float(os.environ.get("LIGHTMBERT_LOCK_HEARTBEAT_S", 15))
+STALE_S = 20 * HEARTBEAT_S   # a record whose heartbeat is this old is stale at once
 
 
 class RunLocked(RuntimeError):
@@ -52,24 +62,72 @@ class RunLock:
                   f"this directory", file=sys.stderr, flush=True)
             return
         prev = os.pread(fd, 1 << 16, 0).decode(errors="replace").strip()
+        if prev and _elsewhere(prev) and _beating(fd, prev):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            raise RunLocked(f"run.output_dir {self.path.parent} is in use by a run on another host "
+                            f"({_describe(prev)}): its heartbeat is fresh (the file lock is node-local on this "
+                            f"filesystem); stop that run first, or choose another run.output_dir")
         if prev:
             print(f"[distill] warning: taking over {self.path}: the run that held it did not exit "
                   f"cleanly ({_describe(prev)})", file=sys.stderr, flush=True)
-        me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "command": command}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(me).encode(), 0)
-        os.fsync(fd)
+        self.record = {"host": socket.gethostname(), "pid": os.getpid(),
+                       "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": command}
         self.fd = fd
+        self._beat()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._heartbeat, name="runlock-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        data = json.dumps({**self.record, "heartbeat": time.time()}).encode()
+        os.pwrite(self.fd, data.ljust(1024) if len(data) < 1024 else data, 0)  # same length: no truncate race
+        os.fsync(self.fd)
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                self._beat()
+            except OSError as e:  # a full or vanished filesystem must not kill the run
+                print(f"[distill] warning: lock heartbeat: {e}", file=sys.stderr, flush=True)
 
     def release(self) -> None:
         """A clean exit: the record is cleared (no warning for the next run), then unlocked."""
         if self.fd is None:
             return
+        self._stop.set()
+        self._thread.join()
         os.ftruncate(self.fd, 0)
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         os.close(self.fd)
         self.fd = None
+
+
+def _elsewhere(record: str) -> bool:
+    try:
+        return json.loads(record).get("host") != socket.gethostname()
+    except ValueError:
+        return False
+
+
+def _beating(fd: int, record: str) -> bool:
+    """Whether the holder of `record` (on another host) is alive: a heartbeat newer than
+    STALE_S, that then moves while we watch for two heartbeat periods."""
+    first = json.loads(record).get("heartbeat")
+    if first is None or time.time() - first > STALE_S:
+        return False
+    deadline = time.monotonic() + 2 * HEARTBEAT_S + 1
+    while time.monotonic() < deadline:
+        time.sleep(min(1.0, HEARTBEAT_S / 4))
+        try:
+            now = json.loads(os.pread(fd, 1 << 16, 0).decode(errors="replace").strip() or "{}").get("heartbeat")
+        except ValueError:
+            continue
+        if now is None:      # cleared: it exited cleanly meanwhile
+            return False
+        if now != first:
+            return True
+    return False
 
 
 def _describe(record: str) -> str:
@@ -79,7 +137,9 @@ def _describe(record: str) -> str:
         return f"lock record {record[:200]!r}"
     here = r.get("host") == socket.gethostname()
     state = ("alive" if _alive(int(r["pid"])) else "dead") if here else "on another host"
-    return f"pid {r.get('pid')} on {r.get('host')} ({state}), started {r.get('started')}: {r.get('command') or '?'}"
+    beat = f", last heartbeat {time.time() - r['heartbeat']:.0f} s ago" if "heartbeat" in r else ""
+    return (f"pid {r.get('pid')} on {r.get('host')} ({state}{beat}), started {r.get('started')}: "
+            f"{r.get('command') or '?'}")
 
 
 def lock_on_rank0(run_dir: Path, rank: int, device, command: str) -> RunLock:

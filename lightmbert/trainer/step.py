@@ -6,7 +6,11 @@ rerun of the same command on the same run directory). Acted on at a step boundar
 rank together.
 
 Stepper.run: grad_accum micro-batches through teacher → student → objective → DeepSpeed.
-Host syncs per micro-batch: one. A single all-reduce of a small float64 vector carries what
+Before each micro-batch, a one-element all-reduce on a CPU (gloo) group says whether every
+rank got its batch: a bad shard read by one rank's DataLoader worker then ends every rank
+with its name instead of leaving the others waiting in the next collective (on GPUs that
+group is not the NCCL one, so it costs no device sync).
+Device syncs per micro-batch: one. A single all-reduce of a small float64 vector carries what
 every rank must agree on — whether the loss is finite everywhere, whether a stop was
 requested, and the loss terms (their mean over ranks is what is logged). Token and sample
 counts come from the batch while it is still on the host; the batch hash (run.trace) is only
@@ -23,7 +27,13 @@ from collections import Counter
 import torch
 import torch.distributed as dist
 
-from .data import tokens_per_language
+from lightmbert.data_prep.tarreader import ShardError
+
+from .data import DataError, tokens_per_language
+
+
+class DataFailure(RuntimeError):
+    """A rank could not get its next batch; raised on every rank with that rank's message."""
 
 
 class StopRequest:
@@ -47,7 +57,7 @@ class StopRequest:
 
 class Stepper:
     def __init__(self, engine, teacher, teacher_forward, device, world: int, grad_accum: int, max_bad_steps: int,
-                 trace: bool, languages: list[str], stop: StopRequest, log):
+                 trace: bool, languages: list[str], stop: StopRequest, log, rank: int = 0, control=None):
         self.engine, self.teacher, self.teacher_forward = engine, teacher, teacher_forward
         self.device, self.world = device, world
         self.grad_accum, self.max_bad_steps, self.trace = grad_accum, max_bad_steps, trace
@@ -55,6 +65,21 @@ class Stepper:
         self.bad_steps = 0      # consecutive non-finite micro-batches
         self.skipped = 0        # all skipped micro-batches of the run
         self.stop_agreed = False
+        self.rank, self.control = rank, control   # control: a gloo group (None: the default group)
+
+    def next_batch(self, data_iter) -> dict:
+        """This rank's next micro-batch, once every rank has its own (a collective)."""
+        try:
+            host, error = next(data_iter), ""
+        except (ShardError, DataError) as e:
+            host, error = None, f"rank {self.rank}: {str(e).strip().splitlines()[-1]}"
+        failed = torch.tensor([1.0 if error else 0.0])
+        dist.all_reduce(failed, op=dist.ReduceOp.MAX, group=self.control)
+        if failed.item() > 0:
+            errors: list = [None] * self.world
+            dist.all_gather_object(errors, error, group=self.control)
+            raise DataFailure("; ".join(e for e in errors if e))
+        return host
 
     def state(self) -> dict:
         return {"bad_steps": self.bad_steps, "skipped": self.skipped}
@@ -66,11 +91,11 @@ class Stepper:
         """Optimizer step `step` + 1: returns the logged terms and this rank's counts."""
         terms_sum: dict[str, float] = {}
         digest = hashlib.sha256() if self.trace else None
-        rows: list = []  # with run.trace: [language, epoch, sample id] of every sample row used
+        rows: list = []  # with run.trace: [language, epoch, sample id, wrapped] of every sample row used
         tokens = samples = good = 0
         langs: Counter = Counter()
         while good < self.grad_accum:
-            host = next(data_iter)
+            host = self.next_batch(data_iter)
             batch = {k: v.to(self.device, non_blocking=True) for k, v in host.items()
                      if isinstance(v, torch.Tensor)}
             t_hidden, t_proj = self.teacher_forward(batch)
