@@ -25,7 +25,7 @@ LPIP         := $(LPY) -m pip --disable-pip-version-check
 PYTEST_FAST  := -m pytest -q tests -m "not slow"
 export LIGHTMBERT_CACHE ?= $(HOME)/.cache/lightmbert
 
-.PHONY: setup demo demo-assets test test-fast test-latest latest-env lock bench gpu-check gpu-wheels clean
+.PHONY: setup demo demo-assets test test-fast test-latest latest-env lock bench gpu-check gpu-wheels gpu-wheels-check clean
 
 setup: $(STAMP)
 
@@ -112,14 +112,25 @@ gpu-check:
 	$(GPU_PY) -m lightmbert.benchmarks.gpu_check $(GPU_CHECK_ARGS)
 
 # Wheels for a GPU machine without network (Python 3.12 manylinux image): what it lacks to run
-# gpu-check. deepspeed ships as an sdist only: built here into a pure-Python wheel.
-GPU_WHEELS := webdataset braceexpand hjson pydantic pydantic-core annotated-types typing-inspection liger-kernel
+# gpu-check, each exactly at the lock's version (the names and the reasons:
+# lightmbert/benchmarks/gpu_wheels.py; `gpu_wheels pins` reads the versions from $(LOCK)).
+# deepspeed ships as an sdist only: built here, at the locked version, into a pure-Python wheel.
+# `make gpu-wheels-check` installs the set as gpu_check does (--no-index --no-deps --target, for
+# CPython 3.12) and checks versions, requirements and — under a Python 3.12, GPU_WHEELS_PY —
+# the imports.
+WHEEL_DIR ?= .whl
+GPU_WHEELS_PY ?= python3.12
 gpu-wheels: setup
-	mkdir -p .whl
+	mkdir -p $(WHEEL_DIR) && rm -f $(WHEEL_DIR)/*.whl
+	pins="$$($(PY) -m lightmbert.benchmarks.gpu_wheels pins --lock $(LOCK))" && \
 	$(PIP) download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-	  -c $(LOCK) -d .whl $(GPU_WHEELS)
-	DS_BUILD_OPS=0 $(PIP) wheel -q --no-deps --no-build-isolation -w .whl -c $(LOCK) deepspeed
+	  -d $(WHEEL_DIR) $$pins
+	DS_BUILD_OPS=0 $(PIP) wheel -q --no-deps --no-build-isolation -w $(WHEEL_DIR) \
+	  "deepspeed==$$(sed -n 's/^deepspeed==//p' $(LOCK))"
+
+gpu-wheels-check: setup
+	GPU_WHEELS_PY=$(GPU_WHEELS_PY) $(PY) -m lightmbert.benchmarks.gpu_wheels check --lock $(LOCK) --wheels $(WHEEL_DIR)
 
 clean:
 	rm -rf runs build *.egg-info .whl $(LATEST)

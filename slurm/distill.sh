@@ -6,11 +6,12 @@
 # by Slurm `grace` seconds before the time limit, see --signal) or SIGTERM (partition
 # preemption), the trainer checkpoints at the next step and exits with 75; this script then
 # requeues the job, and the requeued run resumes from that checkpoint automatically.
-# Requeued only on the trainer's "checkpointed, requeue me" exit (75), or when a signal or a
-# preemption killed it before it could checkpoint (exit > 128: it resumes from the previous
-# checkpoint) — at most LIGHTMBERT_MAX_REQUEUES times (default 50). Never on 0 (done), 2 (bad
-# config or data), 3 (non-finite losses), 4 (quality stop) or any other failure: a real error
-# after a preemption must not requeue forever.
+# The trainer's own exit code comes from $LIGHTMBERT_EXIT_FILE, which its rank 0 writes
+# (torchrun turns any worker's non-zero exit into 1). Requeued only when the trainer reported
+# 75 ("checkpointed, requeue me"), or when a signal or a preemption killed it before it could
+# report anything (it resumes from the previous checkpoint) — at most LIGHTMBERT_MAX_REQUEUES
+# times (default 50). Never after 0 (done), 2 (bad config or data), 3 (non-finite losses),
+# 4 (quality stop), nor a failure without a signal: a real error must not requeue forever.
 #
 # Lines marked EDIT are site-specific. Monitor: squeue -u $USER; tail -f lightmbert-<jobid>.out;
 # tensorboard --logdir <run.output_dir>/tensorboard. Cancel: scancel <jobid>.
@@ -54,6 +55,10 @@ LAUNCH=("$PYTHON" -m torch.distributed.run --nnodes "$SLURM_NNODES" --nproc_per_
         --signals-to-handle SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1 --shutdown-timeout 600
         -m lightmbert.trainer.distill --config "$CONFIG" "$@")
 
+# where rank 0 reports the trainer's exit code (on the shared filesystem: rank 0 may run on any node)
+export LIGHTMBERT_EXIT_FILE=${LIGHTMBERT_EXIT_FILE:-$REPO/.lightmbert-exit-$SLURM_JOB_ID}
+rm -f "$LIGHTMBERT_EXIT_FILE"
+
 SIGNALED=0
 forward() {  # bash runs traps between commands: srun runs in the background, we `wait`
   SIGNALED=1
@@ -72,14 +77,17 @@ while true; do  # `wait` returns early when a trapped signal arrives: wait again
 done
 
 PREEMPTED=$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | grep -o 'PreemptTime=[^ ]*' | grep -v None)
+TRAINER=$(head -c 16 "$LIGHTMBERT_EXIT_FILE" 2>/dev/null | tr -dc 0-9)
+rm -f "$LIGHTMBERT_EXIT_FILE"
 RESTARTS=${SLURM_RESTART_COUNT:-0}
 MAX_REQUEUES=${LIGHTMBERT_MAX_REQUEUES:-50}
 REQUEUE=0
-if [[ $CODE == 75 ]]; then
-  WHY="checkpointed after a signal (exit 75)"; REQUEUE=1
-elif (( CODE > 128 )) && [[ $SIGNALED == 1 || -n "$PREEMPTED" ]]; then
+if [[ $TRAINER == 75 ]]; then
+  WHY="the trainer checkpointed after a signal (exit 75)"; REQUEUE=1
+elif [[ -z $TRAINER ]] && (( CODE != 0 )) && [[ $SIGNALED == 1 || -n "$PREEMPTED" ]]; then
   WHY="killed by a signal before a checkpoint (exit $CODE); the next run resumes from the last one"; REQUEUE=1
 fi
+[[ -n $TRAINER ]] && CODE=$TRAINER
 if (( REQUEUE )) && (( RESTARTS >= MAX_REQUEUES )); then
   echo "[slurm] $WHY, but the job was already requeued $RESTARTS times (LIGHTMBERT_MAX_REQUEUES=$MAX_REQUEUES): not requeueing"
   exit "$CODE"

@@ -62,27 +62,11 @@ class FakeEngine:
             json.dump(client_state, f)
 
 
-class RoundRobin:
-    """A DataLoader over the rank's workers, batches taken in turn (rows only, no tensors)."""
-
-    def __init__(self, ds):
-        self.ds = ds
-
-    def __iter__(self):
-        W = self.ds.workers
-        its = [self.ds.stream((w + self.ds.first_role) % W).rows() for w in range(W)]
-        k = 0
-        while True:
-            rows, position = next(its[k % W])
-            k += 1
-            yield {"rows": [ref for _, _, ref in rows if ref is not None], "_state": position}
-
-
 class Job:
     """One launch: `world` ranks × `workers` streams each, resumed from a data entry or fresh."""
 
     def __init__(self, sim: "Sim", world: int, workers: int, batch: int, group: int, saved: dict | None):
-        from lightmbert.trainer.data import MixedStream, StatefulLoader, mix_weights
+        from lightmbert.trainer.data import InProcessLoader, MixedStream, StatefulLoader, mix_weights
         from lightmbert.trainer.data_state import resume_plan
         self.world, self.workers, self.streams = world, workers, world * workers
         shape = (saved or {}).get("shape")
@@ -95,7 +79,7 @@ class Job:
         for rank in range(world):
             ds = MixedStream(cfg, m, self.weights, 0, 7, rank, world)
             ds.read = sim.read
-            loader = StatefulLoader(RoundRobin(ds), ds)
+            loader = StatefulLoader(InProcessLoader(ds), ds)
             plan = resume_plan(saved, ds, 1, False, sim.logs.append)
             if rank == 0 and plan:
                 self.cut = plan.get("cut", {})

@@ -157,4 +157,4 @@ def test_changed_data_is_an_error_unless_reset(segment_shards, tmp_path):
         resume_plan(saved, make_ds(other), 1, False, print)
     logs = []
     plan = resume_plan(saved, make_ds(segment_shards, seed=8), 1, True, logs.append)
-    assert plan == {"gen": 1} and "fresh epoch" in logs[0]
+    assert plan == {"gen": 1, "epoch_base": 1 << 20} and "fresh epoch" in logs[0]

@@ -80,7 +80,7 @@ def test_lock_names_the_holder_and_takes_over_from_a_dead_one(tmp_path, capsys):
     a.acquire("python -m lightmbert.trainer.distill A")
     code = f"from lightmbert.trainer.runlock import RunLock; RunLock({str(tmp_path)!r}).acquire('B')"
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
-    assert r.returncode != 0 and f"pid {os.getpid()}" in r.stderr and "(alive)" in r.stderr
+    assert r.returncode != 0 and f"pid {os.getpid()}" in r.stderr and "(alive, last heartbeat" in r.stderr
     assert "is in use by another run" in r.stderr and "lightmbert.trainer.distill A" in r.stderr
     a.release()
     assert (tmp_path / ".lock").read_text() == ""            # a clean exit leaves no record

@@ -208,3 +208,22 @@ def test_auto_dispatch_falls_back_with_one_warning(monkeypatch):
         assert kernels._use_triton("auto", x, (64, 256)) is False
     with pytest.raises(ValueError, match="head dim 256 > 128 is not supported"):
         kernels._use_triton("triton", x, (256,))
+
+
+def test_cuda_without_triton_warns_once_and_uses_torch(monkeypatch):
+    """The module docstring's promise: a CUDA call that falls back because Triton is missing
+    says so once (it used to fall back silently); CPU tensors fall back without a word."""
+    import types
+    import warnings
+
+    from lightmbert import kernels
+    monkeypatch.setattr(kernels, "triton_available", lambda: False)
+    monkeypatch.setattr(kernels, "_warned", set())
+    x = types.SimpleNamespace(is_cuda=True, dtype=torch.bfloat16, device="cuda:0")
+    with pytest.warns(RuntimeWarning, match="triton is not installed .* using the torch reference"):
+        assert kernels._use_triton("auto", x) is False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert kernels._use_triton("auto", x) is False                      # once only
+        monkeypatch.setattr(kernels, "_warned", set())
+        assert kernels._use_triton("auto", torch.zeros(1)) is False          # CPU: no warning

@@ -226,6 +226,129 @@ def test_frozen_decoder_weight_gets_no_gradient_buffer():
     assert torch.allclose(h.grad, ref.grad, rtol=1e-4, atol=1e-8)
 
 
+@INTERP
+def test_fused_linear_kl_weight_gradient_accumulates_in_fp32():
+    """∂loss/∂W = Σ_rows g·hᵀ / N. It used to be a half-precision GEMM per chunk, then cast,
+    scaled and added: 128 rows that agree (the teacher sure of one token the student misses,
+    a large feature) sum to ≈ 10^5 before the 1/N — inf in fp16, although the gradient
+    itself (≈ 800) fits. Now one GEMM per chunk with an fp32 accumulator and output."""
+    g = torch.Generator().manual_seed(0)
+    N, d, V = 128, 8, 64
+    h = torch.randn(N, d, generator=g) * 0.1
+    h[:, 0] = 400.0
+    w, b = torch.randn(V, d, generator=g) * 0.01, torch.zeros(V)
+    th, tw = torch.zeros(N, d), torch.zeros(V, d)
+    th[:, 0], tw[3, 0] = 1.0, 40.0                  # the teacher: token 3, almost surely
+    check("fused_linear_kl", [h, w, b], [th, tw], None, extra=(2.0,), dtype=torch.float16, tol=5e-3,
+          gtol=5e-3, go=1.0)
+
+
+def test_logit_chunks_fill_the_gpu():
+    """CUDA chunks come from the free memory, with a floor of rows that fills the SMs: a fixed
+    2^26-element budget gave 268 rows at V = 250k (132 SMs, GEMMs with M = 268)."""
+    from lightmbert.kernels import linear_kl as K
+    V, per_row = 250_000, 250_000 * 4                  # bf16 logits of both models
+    assert K.chunk_rows(16384, V, per_row, free_bytes=70 << 30, sm_count=132) == 16384   # memory allows all
+    assert K.chunk_rows(100_000, V, per_row, free_bytes=8 << 30, sm_count=132) == (2 << 30) // per_row
+    assert K.chunk_rows(100_000, V, per_row, free_bytes=1 << 30, sm_count=132) == 1024    # the floor
+    assert K.chunk_rows(100_000, V, per_row, free_bytes=1 << 30, sm_count=400) == 1600    # 4 rows per SM
+    assert K.chunk_rows(300, V, per_row, free_bytes=1 << 30, sm_count=132) == 300         # never past n
+    assert K.chunk_rows(100_000, V) == (1 << 26) // V                                     # CPU: as before
+
+
+def test_logit_chunks_ask_the_device_for_free_memory(monkeypatch):
+    """The launcher's side of it: a CUDA input reads mem_get_info and the SM count."""
+    import types
+
+    from lightmbert.kernels import linear_kl as K
+    asked = []
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev=None: asked.append(dev) or (4 << 30, 80 << 30))
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda dev=None: types.SimpleNamespace(multi_processor_count=132))
+    monkeypatch.setitem(K._OUT_DTYPE_OK, "cuda", True)
+    x = types.SimpleNamespace(is_cuda=True, device=torch.device("cuda", 0), element_size=lambda: 2)
+    assert K._chunk_step(x, 10**6, 250_000) == (1 << 30) // (250_000 * 4) and asked == [x.device]
+
+
+@INTERP
+@pytest.mark.parametrize("seed", SEEDS)
+def test_fp16_logit_gradients_stay_normal_at_250k_vocab(seed):
+    """p ≈ 1/V: at V = 250k the stored T·(p_s − p_t) ≈ 10^-6 was subnormal in fp16 (fewer than
+    10 significant bits; ≈ 2% error in ∂loss/∂W and ∂loss/∂b at DeepSpeed's loss scale). The
+    kernel now stores it times a power of two, taken out again in fp32. Inputs are exact in
+    fp16, so the oracle sees what the kernel sees; the best fp16 answer is the exact gradient
+    rounded once (check's reference), which at go = 1 is itself subnormal for W and b."""
+    g = torch.Generator().manual_seed(seed)
+    N, d, V = 3, 16, 250_000
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).half().float()
+    s, t = [rnd(N, d), rnd(V, d, scale=0.05), rnd(V, scale=0.05)], [rnd(N, d), rnd(V, d, scale=0.05)]
+    check("fused_linear_kl", s, t, None, extra=(2.0,), dtype=torch.float16, tol=1e-4, gtol=2e-3, seed=seed,
+          go=65536.0)
+
+
+@INTERP
+@pytest.mark.parametrize("seed", SEEDS)
+def test_kl_is_never_negative_near_convergence(seed):
+    """Student ≈ teacher: the true KL is ~1e-8. The linear KL used to be Σ p_t·(log p_t − log p_s),
+    terms of both signs whose rounding (~1e-6) logged negative losses; it is now a sum of
+    non-negative terms, accurate to 1e-3 here. The attention KL (online, one pass) is clamped
+    at 0 per query row."""
+    g = torch.Generator().manual_seed(seed)
+    where = f"seed={seed} (LIGHTMBERT_TEST_SEED={seed} reproduces it)"
+    N, d, V = 8, 16, 5003
+    h, w = torch.randn(N, d, generator=g), torch.randn(V, d, generator=g) * 0.5
+    s_h = h + 1e-4 * torch.randn(N, d, generator=g)
+    ref = R.fused_linear_kl(s_h.double(), w.double(), h.double(), w.double()).item()
+    out = kernels.fused_linear_kl(s_h, w, h, w, impl="triton").item()
+    assert out >= 0 and abs(out - ref) <= 1e-3 * ref, (out, ref, where)
+    B, H, L, D = 2, 2, 37, 16
+    q, k = torch.randn(B, H, L, D, generator=g) * 2, torch.randn(B, H, L, D, generator=g) * 2
+    s_q, s_k = q + 1e-4 * torch.randn(B, H, L, D, generator=g), k + 1e-4 * torch.randn(B, H, L, D, generator=g)
+    mask = torch.ones(B, L, dtype=torch.long)
+    ref = R.attention_prob_kl(s_q.double(), s_k.double(), q.double(), k.double(), mask).item()
+    out = kernels.attention_prob_kl(s_q, s_k, q, k, mask, impl="triton").item()
+    assert out >= 0 and abs(out - ref) <= 1e-6, (out, ref, where)
+
+
+def test_half_precision_operands_are_exact_in_tf32():
+    """The premise of the gradient dots' TF32 on fp32 copies of K/Q (kernels/attention.py): a
+    bf16 or fp16 value — every finite fp16, subnormals included — has no bits below TF32's
+    10-bit mantissa once in fp32, so the copy loses nothing and only dS is rounded."""
+    every_fp16 = torch.arange(-2**15, 2**15, dtype=torch.int32).to(torch.int16).view(torch.float16)
+    bf16 = (torch.randn(1 << 16, generator=torch.Generator().manual_seed(0)) * 1e3).bfloat16()
+    for x in (every_fp16[torch.isfinite(every_fp16)], bf16):
+        bits = x.float().view(torch.int32)
+        assert int((bits & 0x1FFF).abs().max()) == 0, x.dtype   # the 13 bits TF32 drops
+
+
+def test_attention_warps_for_wide_heads(monkeypatch):
+    from lightmbert.kernels import attention as A
+    monkeypatch.delenv("LIGHTMBERT_ATTN_NUM_WARPS", raising=False)
+    assert A.tile_config(False, 128, 64)["num_warps"] == 8 and A.tile_config(False, 64, 96)["num_warps"] == 8
+    assert A.tile_config(False, 64, 64)["num_warps"] == 4
+    assert A.tile_config(True, 128, 128)["num_warps"] == 4          # fp32: 32-wide tiles
+    assert A.tile_config(False, 128, 128, num_warps=4)["num_warps"] == 4
+    monkeypatch.setenv("LIGHTMBERT_ATTN_NUM_WARPS", "2")
+    assert A.tile_config(False, 128, 128)["num_warps"] == 2
+    with pytest.raises(ValueError, match="num_warps must be a power of two"):
+        A.tile_config(False, 64, 64, num_warps=3)
+
+
+@INTERP
+@pytest.mark.parametrize("name", ["attention_score_mse", "attention_prob_kl"])
+def test_attention_head_dim_128_fp16_interpreter(name):
+    """D = 128 in fp16: the launch with 8 warps, against the oracle (fp16 operands, fp32
+    accumulation: tolerances of fp16's rounding of q and k)."""
+    g = torch.Generator().manual_seed(RANDOM_SEED)
+    B, H, L = 2, 1, 11
+    s = [qk(B, H, L, 128, g, "cpu") * 0.3, qk(B, H, L, 128, g, "cpu") * 0.3]
+    t = [qk(B, H, L, 96, g, "cpu") * 0.3, qk(B, H, L, 96, g, "cpu") * 0.3]
+    check(name, s, t, make_mask(B, L, "right", g, "cpu"), dtype=torch.float16, tol=5e-3, gtol=1e-2,
+          seed=RANDOM_SEED)
+
+
 @pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=INTERP)])
 def test_fused_linear_kl_takes_3d_rows_without_a_mask(impl):
     g = torch.Generator().manual_seed(5)

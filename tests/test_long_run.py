@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from lightmbert.configs import DataConfig
-from lightmbert.trainer.sampler import Cursor, LanguageOrder, Shard, permute, resplit, unconsumed
+from lightmbert.trainer.sampler import Cursor, LanguageOrder, Shard, permute, unconsumed
 from tests.helpers import REPO
 
 SEED = random.randrange(1 << 30)
@@ -41,27 +41,13 @@ def fake_ds(m, rank=0, world=1, workers=1, batch=4, group=1, weights=None, windo
     return ds
 
 
-class RoundRobin:
-    def __init__(self, ds):
-        self.ds = ds
-
-    def __iter__(self):
-        W = self.ds.workers
-        its = [self.ds.stream((w + self.ds.first_role) % W).rows() for w in range(W)]
-        k = 0
-        while True:
-            rows, position = next(its[k % W])
-            k += 1
-            yield {"rows": [r for _, _, r in rows if r], "_state": position}
-
-
 def job(m, world, workers, steps, saved=None, **kw):
-    from lightmbert.trainer.data import StatefulLoader
+    from lightmbert.trainer.data import InProcessLoader, StatefulLoader
     from lightmbert.trainer.data_state import resume_plan, snapshot
     parts, rows = [], []
     for rank in range(world):
         ds = fake_ds(m, rank, world, workers, **kw)
-        loader = StatefulLoader(RoundRobin(ds), ds)
+        loader = StatefulLoader(InProcessLoader(ds), ds)
         loader.restore(resume_plan(saved, ds, 1, False, lambda msg: None))
         it = iter(loader)
         for _ in range(steps):
@@ -166,28 +152,37 @@ def test_the_language_mix_is_the_target_at_any_stream_count(streams):
 
 
 # 5 ------------------------------------------------------------------------------------------
-def leftover_after(batches: int) -> tuple[int, int]:
-    """(pending intervals, pending positions) after 256 streams each took `batches` batches and
-    the job was resized to 192 streams."""
-    m = fake_manifest({"big": [100_000], "small": [300]})
-    _, saved = job(m, 64, 4, batches, batch=8)
+def leftover_after(batches: int, group: int = 1) -> tuple[int, int, dict]:
+    """(pending intervals, pending positions, cut) of the small language after 64 ranks × 4
+    workers each took `batches` micro-batches and the job was resized to 48 × 4 streams (what
+    every rank's resume_plan re-splits, summed over the new streams)."""
     from lightmbert.trainer.data_state import resume_plan
-    plan = resume_plan(saved, fake_ds(m, 0, 48, 4, batch=8), 1, False, lambda msg: None)
-    # every new stream's cursors are in plan["streams"] for rank 0 only: recompute the total
-    from lightmbert.trainer.sampler import StreamState
-    states = [StreamState.from_dict(st) for st in saved["streams"].values()]
-    n = 300
-    cursors = [st.cursors.get("small") for st in states]
-    left, _, cut = unconsumed(n, 256, cursors, [], 192)
-    assert plan["streams"]
-    return len(left), sum(b - a for _, a, b, _ in left)
+    m = fake_manifest({"big": [100_000], "small": [300]})
+    _, saved = job(m, 64, 4, batches, batch=8, group=group)
+    intervals = positions = 0
+    cut: dict = {}
+    for rank in range(48):
+        plan = resume_plan(saved, fake_ds(m, rank, 48, 4, batch=8, group=group), 1, False, lambda msg: None)
+        cut = plan["cut"]
+        for st in plan["streams"].values():
+            pending = st.cursors["small"]["pending"]
+            intervals += len(pending)
+            positions += sum(b - a for _, a, b, _ in pending)
+    return intervals, positions, cut
 
 
 def test_streams_stay_in_step_so_the_elastic_leftover_does_not_grow():
     """Before: 76,765 pending intervals after 10k micro-batches, 722,971 after 100k."""
     early, late = leftover_after(5), leftover_after(60)
-    assert late[0] <= 2 * (256 + 192) + 256 and late[1] <= 2 * 256 * 2, (early, late)
-    assert late[0] <= early[0] + 256, (early, late)
+    P = 256 * 2                                   # an epoch of 300 samples laid out for 256 streams
+    assert not early[2] and not late[2], (early, late)          # nothing cut
+    assert late[1] <= 2 * P and late[0] <= 2 * 256 + 192, (early, late)
+    assert late[0] <= early[0] + 256 and late[1] <= early[1] + P, (early, late)
+
+
+def test_one_resize_with_length_grouping_cuts_nothing():
+    """A partly handed-out pool returns positions scattered by the length sort (review)."""
+    assert leftover_after(6, group=8)[2] == {}
 
 
 # 6 ------------------------------------------------------------------------------------------
@@ -236,15 +231,24 @@ def _batch(rank, tmp):
     from lightmbert.trainer.step import DataFailure, Stepper
 
     def data():
+        yield {}
         if rank == 1:
             raise ShardError("/data/de-000003.tar: truncated")
         yield {}
-    s = Stepper(None, None, None, "cpu", 2, 1, 3, False, [], None, print, rank)
-    try:
-        s.next_batch(data())
-        Path(tmp, f"batch{rank}").write_text("no error")
-    except DataFailure as e:
-        Path(tmp, f"batch{rank}").write_text(str(e))
+
+    def garbled():
+        if rank == 0:
+            raise ValueError("invalid literal for int() with base 8")
+        yield from ({}, {})
+    s = Stepper(None, None, None, "cpu", 2, 2, 3, False, [], None, print, rank)
+    got = []
+    for it in (data(), garbled()):
+        try:
+            s.next_batches(it, 2)
+            got.append("no error")
+        except DataFailure as e:
+            got.append(str(e))
+    Path(tmp, f"batch{rank}").write_text(" | ".join(got))
 
 
 @pytest.mark.parametrize("what", ["pick", "batch"])
@@ -258,7 +262,22 @@ def test_decisions_and_data_errors_reach_every_rank(tmp_path, what):
     if what == "pick":
         assert got == ["step00000020 1"] * 2
     else:
-        assert got == ["rank 1: /data/de-000003.tar: truncated"] * 2
+        assert got == ["rank 1: /data/de-000003.tar: truncated | "
+                       "rank 0: ValueError: invalid literal for int() with base 8"] * 2
+
+
+def test_a_data_reset_never_replays_the_first_epochs():
+    """data.reset_position (or an older data entry) starts fresh epochs no position reached:
+    epoch numbers key the orders, so epoch 0 again would replay the run's first batches."""
+    from lightmbert.trainer.data_state import resume_plan
+    m = fake_manifest({"de": [50, 30], "el": [40]})
+    rows, saved = job(m, 1, 1, 3)
+    again, saved2 = job(m, 1, 1, 3, {**saved, "version": 1})
+    assert {r[1] for r in rows} == {0} and min(r[1] for r in again) >= 1 << 20
+    plan = resume_plan({**saved2, "order": {**saved2["order"], "seed": 8}}, fake_ds(m), 1, True, lambda msg: None)
+    assert plan["epoch_base"] == 2 << 20
+    third, saved3 = job(m, 1, 1, 2, saved2)           # the base survives a same-shape resume
+    assert min(r[1] for r in third) >= 1 << 20 and saved3["epoch_base"] == 1 << 20
 
 
 def test_every_language_is_checked_when_the_dataset_is_built():
@@ -274,12 +293,15 @@ def test_a_live_run_on_another_host_is_refused_a_dead_one_taken_over(tmp_path, m
     from lightmbert.trainer import runlock
     monkeypatch.setattr(runlock, "HEARTBEAT_S", 0.2)
     monkeypatch.setattr(runlock, "STALE_S", 4.0)
+    monkeypatch.setattr(runlock, "WATCH_S", 0.6)
     path = tmp_path / ".lock"
     stop = threading.Event()
 
-    def other_host():   # a live holder elsewhere: its heartbeat moves
+    def other_host():   # a live holder elsewhere: its heartbeat moves (whole records, as its pwrite)
         while not stop.is_set():
-            path.write_text(json.dumps({"host": "node-b", "pid": 1, "heartbeat": time.time(), "command": "B"}))
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"host": "node-b", "pid": 1, "heartbeat": time.time(), "command": "B"}))
+            os.replace(tmp, path)
             time.sleep(0.05)
     t = threading.Thread(target=other_host)
     t.start()
@@ -301,6 +323,13 @@ def test_a_live_run_on_another_host_is_refused_a_dead_one_taken_over(tmp_path, m
         assert json.loads(path.read_text())["heartbeat"] > record["heartbeat"], "the holder's heartbeat moves"
         lock.release()
         assert path.read_text() == ""
+    # a longer record left by a dead holder: ours replaces it whole (valid JSON, no stale tail)
+    path.write_text(json.dumps({"host": "node-b", "pid": 1, "heartbeat": time.time() - 60, "command": "B" * 3000}))
+    lock = runlock.RunLock(tmp_path)
+    lock.acquire("A")
+    time.sleep(0.3)
+    assert json.loads(path.read_text())["command"] == "A"
+    lock.release()
 
 
 # 10 -----------------------------------------------------------------------------------------
@@ -324,14 +353,19 @@ def test_a_huge_window_needs_no_table():
 
 
 # 11 -----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("code,preempted,restarts,requeued", [
-    (75, False, 0, True), (137, True, 0, True), (2, True, 0, False), (3, True, 0, False),
-    (0, True, 0, False), (1, True, 0, False), (75, False, 50, False)])
-def test_slurm_template_requeues_only_what_can_resume(tmp_path, code, preempted, restarts, requeued):
+@pytest.mark.parametrize("trainer,srun,preempted,restarts,requeued", [
+    (75, 1, False, 0, True),       # torchrun turns the worker's 75 into 1: the exit file says 75
+    (None, 137, True, 0, True),    # killed before the trainer could report: resume from the last checkpoint
+    (None, 1, True, 0, True),
+    (2, 1, True, 0, False), (3, 1, True, 0, False), (4, 1, True, 0, False), (0, 0, True, 0, False),
+    (None, 1, False, 0, False),    # a crash without a signal
+    (75, 1, False, 50, False)])    # the cap on restarts
+def test_slurm_template_requeues_only_what_can_resume(tmp_path, trainer, srun, preempted, restarts, requeued):
     """Before: any non-zero exit after a recorded PreemptTime requeued (a bad config: forever)."""
     bin_ = tmp_path / "bin"
     bin_.mkdir()
-    (bin_ / "srun").write_text(f"#!/bin/sh\nexit {code}\n")
+    report = f'echo {trainer} > "$LIGHTMBERT_EXIT_FILE"\n' if trainer is not None else ""
+    (bin_ / "srun").write_text(f"#!/bin/sh\n{report}exit {srun}\n")
     (bin_ / "scontrol").write_text(
         "#!/bin/sh\n"
         f"case \"$1 $2\" in\n"
@@ -343,8 +377,28 @@ def test_slurm_template_requeues_only_what_can_resume(tmp_path, code, preempted,
     for f in bin_.iterdir():
         f.chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "n1",
-           "SLURM_NNODES": "1", "SLURM_RESTART_COUNT": str(restarts), "LIGHTMBERT_PYTHON": "python"}
+           "SLURM_NNODES": "1", "SLURM_RESTART_COUNT": str(restarts), "LIGHTMBERT_PYTHON": "python",
+           "LIGHTMBERT_EXIT_FILE": str(tmp_path / "exit")}
     r = subprocess.run(["bash", str(REPO / "slurm" / "distill.sh"), "configs/distill/tiny_cpu.yaml"], cwd=REPO,
                        env=env, capture_output=True, text=True, timeout=60)
     assert (tmp_path / "requeued").exists() == requeued, r.stdout + r.stderr
-    assert r.returncode == (0 if requeued else code), r.stdout + r.stderr
+    assert r.returncode == (0 if requeued else trainer if trainer is not None else srun), r.stdout + r.stderr
+    assert not (tmp_path / "exit").exists()
+
+
+def test_rank0_reports_the_trainer_exit_code(tmp_path, monkeypatch):
+    from lightmbert.trainer.distill import main
+    monkeypatch.setenv("LIGHTMBERT_EXIT_FILE", str(tmp_path / "exit"))
+    assert main(["--config", "configs/distill/tiny_cpu.yaml", "--run.max_steps=-1"]) == 2   # a bad config
+    assert (tmp_path / "exit").read_text() == "2\n"
+    monkeypatch.setenv("RANK", "1")
+    (tmp_path / "exit").unlink()
+    main(["--config", "configs/distill/tiny_cpu.yaml", "--run.max_steps=-1"])
+    assert not (tmp_path / "exit").exists(), "only rank 0 reports"
+
+
+def test_a_window_too_big_for_memory_is_a_warning_naming_it(capsys):
+    fake_ds(fake_manifest({lang: [100_000] * 30 for lang in ("de", "el")}), window=10_000_000)
+    assert "data.shuffle_buffer 10000000" in capsys.readouterr().err
+    fake_ds(fake_manifest({"de": [1000] * 5}), window=1000)
+    assert "shuffle_buffer" not in capsys.readouterr().err

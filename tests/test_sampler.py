@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from lightmbert.trainer.sampler import Cursor, LanguageOrder, Shard, permute, resplit, share, unconsumed
+from lightmbert.trainer.sampler import Cursor, LanguageOrder, Shard, resplit, share, unconsumed
 
 RAGGED = {"big": [5000, 5000, 1234], "tiny": [7, 100, 3], "one": [1]}
 STREAMS = [1, 2, 3, 4, 16, 64]
@@ -36,7 +36,6 @@ def read(o: LanguageOrder, cursor: Cursor, k: int) -> list[tuple[int, int, int]]
 def test_the_streams_of_an_epoch_partition_the_language(lang, streams):
     o = order(RAGGED[lang], window=50)
     everything = {(k, i) for k, n in enumerate(RAGGED[lang]) for i in range(n)}
-    per_stream = []
     for epoch in range(2):
         seen: Counter = Counter()
         for sid in range(streams):

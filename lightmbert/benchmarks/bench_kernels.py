@@ -14,9 +14,14 @@ median of --reps (≥ 20) CUDA-event-timed reps after 3 warm-ups, with the L2 ca
 before the provider ran, charged to that provider alone. Memory-bound losses (hidden_mse,
 attention_map_mse) also report achieved GB/s against their minimal traffic (5 tensor passes)
 and its share of the device-to-device copy bandwidth measured in the same run;
-fused_linear_kl reports TFLOP/s against its 8·N·V·d GEMM floor.
-Prints a table and writes CSV. `--tiny`: small shapes on CPU (Triton interpreter), a smoke test
-of the script itself — its timings mean nothing.
+the compute-bound ones report TFLOP/s against their FLOP floor, and that as % of the device's
+dense bf16 peak (benchmarks/device.py; blank for fp32, unknown devices and the CPU):
+fused_linear_kl 8·N·V·d (the two logit GEMMs and the two gradient GEMMs), the attention losses
+2·B·H·L²·(D_s + D_t) for both models' QKᵀ + 4·B·H·L²·D_s for dQ and dK (recomputed scores not
+counted: the floor, not what the kernels execute).
+Prints a table and writes CSV — after every row, so a run stopped at a time limit keeps the
+rows it finished. `--tiny`: small shapes on CPU (Triton interpreter), a smoke test of the
+script itself — its timings mean nothing.
 
 Shapes (GPU): B=32, H=12, D=64, L ∈ {128, 512}; hidden 768; fused-linear N ∈ {4096, 16384},
 d = 768, V = 119,547 (mBERT's vocabulary).
@@ -30,7 +35,8 @@ import sys
 import time
 from pathlib import Path
 
-from .report import report
+from .device import peak_bf16_tflops
+from .report import report, write_csv
 
 OPS = ("attention_score_mse", "attention_prob_kl", "attention_map_mse", "hidden_mse", "fused_linear_kl")
 PROVIDERS = ("eager", "eager_fp32", "compile", "ours", "liger")
@@ -114,15 +120,19 @@ def main(argv=None) -> int:
                 t0 = time.perf_counter()
                 step()
                 times.append((time.perf_counter() - t0) * 1e3)
-        peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else float("nan")
+        mem = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else float("nan")
         for x in inputs:
             x.grad = None
-        return statistics.median(times), peak
+        return statistics.median(times), mem
 
     copy_gbs = copy_bandwidth()
     esz = torch.tensor([], dtype=dtype).element_size()
     B, H, D = (32, 12, 64) if cuda else (2, 2, 16)
     rows = []
+    device = torch.cuda.get_device_name() if cuda else "CPU (Triton interpreter; timings meaningless)"
+    peak = peak_bf16_tflops(device) if cuda and dname != "fp32" else None  # tensor-core peak: half types
+    csv_path = args.out / ("bench_kernels_tiny.csv" if args.tiny else f"bench_kernels_{dname}.csv")
+    extra = {"device": device, "dtype": dname, "copy_gbs": round(copy_gbs, 1), "peak_tflops": peak or ""}
 
     def run(op, shape, impls: dict, inputs, bytes_moved=None, flops=None):
         """Check every provider's loss against eager_fp32, then time the ones that agree."""
@@ -130,7 +140,7 @@ def main(argv=None) -> int:
             want = impls["eager_fp32"]().item() if "eager_fp32" in impls else None
         for name in [p for p in provs if p in impls]:
             row = dict(op=op, shape=shape, provider=name, loss="", rel_err="", ms="", peak_mib="",
-                       gbs="", pct_copy="", tflops="")
+                       gbs="", pct_copy="", tflops="", pct_peak="")
             try:
                 got = impls[name]().item()
                 err = abs(got - want) / max(abs(want), 1e-12) if want is not None else 0.0
@@ -138,19 +148,21 @@ def main(argv=None) -> int:
                 if err > TOL[dname]:
                     row["ms"] = "MISMATCH"  # not timed: a wrong answer is not a fast one
                 else:
-                    ms, peak = timed(impls[name], inputs)
-                    row.update(ms=round(ms, 3), peak_mib=round(peak, 1))
+                    ms, peak_mib = timed(impls[name], inputs)
+                    row.update(ms=round(ms, 3), peak_mib=round(peak_mib, 1))
                     if bytes_moved:
                         bw = bytes_moved / (ms / 1e3) / 1e9
                         row.update(gbs=round(bw, 1), pct_copy=round(100 * bw / copy_gbs, 1) if cuda else "")
                     if flops:
-                        row["tflops"] = round(flops / (ms / 1e3) / 1e12, 1)
+                        tf = flops / (ms / 1e3) / 1e12
+                        row.update(tflops=float(f"{tf:.3g}"), pct_peak=round(100 * tf / peak, 1) if peak else "")
             except Exception as e:  # OOM, a compile failure, a provider's own error: report it
                 row["ms"] = f"{type(e).__name__}"
                 print(f"{op} / {name}: {type(e).__name__}: {e}", file=sys.stderr)
                 if cuda:
                     torch.cuda.empty_cache()
             rows.append(row)
+            write_csv(rows, csv_path, extra)
 
     def impls_for(op, *a, liger=None, **kw):
         ref = getattr(R, op)
@@ -171,7 +183,8 @@ def main(argv=None) -> int:
         t = [rand(B, H, L, D), rand(B, H, L, D)]
         for op in ("attention_score_mse", "attention_prob_kl"):
             if op in ops:
-                run(op, f"B{B} H{H} L{L} D{D}", impls_for(op, q[0], q[1], t[0], t[1], mask), q)
+                run(op, f"B{B} H{H} L{L} D{D}", impls_for(op, q[0], q[1], t[0], t[1], mask), q,
+                    flops=2 * B * H * L * L * (D + D) + 4 * B * H * L * L * D)
         if "attention_map_mse" in ops:
             s_map, t_map = rand(B, H, L, L, grad=True), rand(B, H, L, L)
             run("attention_map_mse", f"B{B} H{H} L{L}", impls_for("attention_map_mse", s_map, t_map, mask),
@@ -205,11 +218,9 @@ def main(argv=None) -> int:
                 flops=8 * N * V * d)
             del s_h, s_w, t_h, t_w
 
-    device = torch.cuda.get_device_name() if cuda else "CPU (Triton interpreter; timings meaningless)"
     print(f"\nbench_kernels on {device}, dtype {dname}, copy bandwidth {copy_gbs:.0f} GB/s, "
-          f"median of {reps} reps, L2 flushed")
-    report(rows, args.out / ("bench_kernels_tiny.csv" if args.tiny else f"bench_kernels_{dname}.csv"),
-           extra={"device": device, "dtype": dname, "copy_gbs": round(copy_gbs, 1)})
+          f"median of {reps} reps, L2 flushed" + (f", bf16 peak {peak:.0f} TFLOP/s" if peak else ""))
+    report(rows, csv_path, extra=extra)
     return 0
 
 

@@ -48,7 +48,7 @@ def simulate(micro: int) -> dict:
     import numpy as np
 
     from lightmbert.configs import DataConfig
-    from lightmbert.trainer.data import MixedStream, StatefulLoader
+    from lightmbert.trainer.data import InProcessLoader, MixedStream, StatefulLoader
     from lightmbert.trainer.data_state import resume_plan, snapshot
     sizes = {"big": [10_000] * 8, "mid": [3000, 1000], "small": [300]}
     m = {"languages": {lang: {"tokens": sum(s), "shards": [{"path": f"{lang}{k}", "samples": n, "sha256": ""}
@@ -62,7 +62,7 @@ def simulate(micro: int) -> dict:
         for rank in range(world):
             ds = MixedStream(cfg, m, weights, 0, 1, rank, world)
             ds.read = lambda shard: [np.zeros(4, np.int32)] * shard.samples
-            loader = StatefulLoader(_RoundRobin(ds), ds)
+            loader = StatefulLoader(InProcessLoader(ds), ds)
             loader.restore(resume_plan(saved, ds, 1, False, lambda msg: None))
             it = iter(loader)
             for _ in range(batches):
@@ -77,20 +77,6 @@ def simulate(micro: int) -> dict:
         job(world, saved, 1)
         out[name] = round(time.perf_counter() - t0, 3)
     return out
-
-
-class _RoundRobin:
-    """The DataLoader's round-robin over a rank's workers, in one process, no tensors."""
-
-    def __init__(self, ds):
-        self.ds = ds
-
-    def __iter__(self):
-        W = self.ds.workers
-        its = [self.ds.stream((w + self.ds.first_role) % W).rows() for w in range(W)]
-        for k in itertools.count():
-            _, position = next(its[k % W])
-            yield {"_state": position}
 
 
 def main(argv=None) -> int:

@@ -28,7 +28,10 @@ class ShardError(IOError):
 
 def _octal(field: bytes) -> int:
     field = bytes(field).strip(b"\0 ")
-    return int(field, 8) if field else 0
+    try:
+        return int(field, 8) if field else 0
+    except ValueError:  # a garbled header: the caller names the shard
+        raise ShardError(f"garbled tar header field {field[:20]!r}") from None
 
 
 _ZERO = bytes(BLOCK)

@@ -60,7 +60,10 @@ def _use_triton(impl: str, x: torch.Tensor, head_dims: tuple[int, ...] = ()) -> 
         return False
     wide = [d for d in head_dims if d > MAX_HEAD_DIM]
     if impl == "auto":
-        if not (x.is_cuda and triton_available()):
+        if not x.is_cuda:
+            return False
+        if not triton_available():  # a GPU run on the slow path must say so
+            _warn_once("triton", "triton is not installed (pip install lightmbert[triton])")
             return False
         if x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device) < (8, 0):
             _warn_once("bf16", f"bf16 needs compute capability 8.0+ for Triton's dot, "

@@ -14,11 +14,25 @@ are deterministic):
   _bwd_dq  KL only: recompute the tile's dS = P_s − P_t from the saved LSEs, accumulate dq.
   _bwd_dk  both: per key block, loop over query blocks, accumulate dk = dSᵀ·q.
 fp32 inputs use IEEE fp32 dots; bf16/fp16 inputs use tensor-core dots with fp32
-accumulation for the scores and tf32 dots for the gradients.
+accumulation for the scores and tf32 dots for the gradients (dS·K, dSᵀ·Q), whose operands are
+dS (fp32) and an fp32 copy of K or Q. TF32 keeps 10 mantissa bits: the copy of a bf16 (7 bits)
+or fp16 (10 bits, subnormals included: TF32 has fp32's exponent) value is exact in it
+(tests/test_kernels_triton.py checks this), so only dS is rounded, to 2^-11 relative — at or
+below the rounding of the bf16/fp16 gradient that is returned. A bf16 dot would round dS to
+2^-8 (what flash-attention's backward does); IEEE fp32 dots would cost ~3× on tensor cores
+for no visible gain. Warps: 4, or 8 for head dims > 64 (128-wide tiles) in half precision:
+there 64×128 tiles of q, k and the fp32 dq/dk accumulators do not fit 4 warps' registers
+(sm_90 cubins, Triton 3.9, bf16, D_s = D_t = 128: _bwd_dk spills 456 B a thread with 4 warps,
+216 B with 8; at D = 64 neither spills more than 8 B — lightmbert.kernels.compile_check
+prints these). Not yet timed on a GPU: LIGHTMBERT_ATTN_NUM_WARPS overrides the choice.
+The KL of a query row is formed as Σ p_t·(t − s) − lse_t + lse_s (online, one pass), a
+difference of O(log L) terms; near convergence its rounding can go below 0, so each row is
+clamped at 0 (a KL is never negative).
 """
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import triton
@@ -133,7 +147,7 @@ def _fwd(SQ, SK, TQ, TK, M, PART, DQ, LSE_S, LSE_T,
     else:
         lse_s = m_s + tl.log(l_s)
         lse_t = m_t + tl.log(l_t)
-        kl = acc / l_t - lse_t + lse_s      # Σ_j p_t (t − s) − lse_t + lse_s
+        kl = tl.maximum(acc / l_t - lse_t + lse_s, 0.0)  # Σ_j p_t (t − s) − lse_t + lse_s ≥ 0
         total = tl.sum(tl.where(mi > 0, kl, 0.0), axis=0)
         tl.store(LSE_S + row, lse_s, mask=offs_m < L)
         tl.store(LSE_T + row, lse_t, mask=offs_m < L)
@@ -204,14 +218,21 @@ def _config(s_q, t_q):
     return dict(B=B, H=H, L=L, DS=DS, DT=DT, **tile_config(s_q.dtype == torch.float32, DS, DT))
 
 
-def tile_config(fp32: bool, DS: int, DT: int) -> dict:
-    """Tiles and dot precisions. fp32 operands use IEEE dots and 32-wide tiles: 64-wide fp32
-    tiles need up to 164 KB of shared memory at D = 128 (seen in lightmbert.kernels.compile_check for
-    sm_90), past an A100's limit and costly for occupancy on Hopper."""
+def tile_config(fp32: bool, DS: int, DT: int, num_warps: int | None = None) -> dict:
+    """Tiles, dot precisions and warps. fp32 operands use IEEE dots and 32-wide tiles: 64-wide
+    fp32 tiles need up to 164 KB of shared memory at D = 128 (seen in
+    lightmbert.kernels.compile_check for sm_90), past an A100's limit and costly for occupancy
+    on Hopper. num_warps: given, else $LIGHTMBERT_ATTN_NUM_WARPS, else 8 for half-precision
+    head dims > 64 (128-wide tiles) and 4 otherwise (the module docstring says why)."""
     block = 32 if fp32 else 64
+    if num_warps is None:
+        env = os.environ.get("LIGHTMBERT_ATTN_NUM_WARPS", "")
+        num_warps = int(env) if env else (8 if not fp32 and max(DS, DT) > 64 else 4)  # 128-wide tiles
+    if num_warps not in (1, 2, 4, 8, 16):
+        raise ValueError(f"num_warps must be a power of two from 1 to 16, got {num_warps}")
     return dict(BLOCK_M=block, BLOCK_N=block, BLOCK_DS=max(16, triton.next_power_of_2(DS)),
                 BLOCK_DT=max(16, triton.next_power_of_2(DT)),
-                PREC="ieee" if fp32 else "tf32", GPREC="ieee" if fp32 else "tf32")
+                PREC="ieee" if fp32 else "tf32", GPREC="ieee" if fp32 else "tf32", num_warps=num_warps)
 
 
 def _args(c, s_q, t_q, mask):
@@ -225,7 +246,7 @@ def _args(c, s_q, t_q, mask):
 
 
 def _meta(c, loss, with_dq=None):
-    m = {k: c[k] for k in ("PREC", "GPREC", "BLOCK_M", "BLOCK_N", "BLOCK_DS", "BLOCK_DT")}
+    m = {k: c[k] for k in ("PREC", "GPREC", "BLOCK_M", "BLOCK_N", "BLOCK_DS", "BLOCK_DT", "num_warps")}
     m["LOSS"] = loss
     if with_dq is not None:
         m["WITH_DQ"] = with_dq

@@ -111,7 +111,10 @@ class Checkpointer:
         """Partial tags (a save that was preempted or killed) are renamed `partial-<tag>`: never
         resumed, never counted by rotation, never saved into (the next save of that step
         starts from an empty directory), and removed by the next rotation."""
-        for tag in self._tags():
+        tags = self._tags()
+        if not any(_complete(self.dir / t) for t in tags):
+            return  # a run from before the markers (or none complete yet): nothing to tell apart
+        for tag in tags:
             if tag != keep and not _complete(self.dir / tag):
                 aside = self.dir / f"partial-{tag}"
                 shutil.rmtree(aside, ignore_errors=True)
@@ -132,6 +135,8 @@ class Checkpointer:
                     pick = (tag, self._saved_world(tag) if tag else None)
                 except CheckpointError as e:
                     error = str(e)
+                except Exception as e:  # noqa: BLE001 — an unreadable marker, a failed rename: tell every rank
+                    error = f"{self.dir}: cannot pick the checkpoint to resume: {type(e).__name__}: {e}"
             pick, error = _from_rank0((pick, error))
             if error:
                 raise CheckpointError(error)
@@ -146,16 +151,21 @@ class Checkpointer:
 
     def save(self, engine, step: int, client_state: dict) -> str:
         tag = f"step{step:08d}"
-        if self.has(step) and _complete(self.dir / tag):
+        verdict = None   # rank 0's view of the directory decides for every rank
+        if self.rank == 0:
+            if _complete(self.dir / tag):
+                verdict = "skip" if self.has(step) else (
+                    f"{self.dir / tag} exists and is complete, but this run neither resumed from nor wrote it; "
+                    f"refusing to overwrite it (is another run using {self.dir.parent}?)")
+            elif (self.dir / tag).exists():
+                # a save into a tag directory that exists (a partial save of this step) starts
+                # empty: stale zero_pp_rank_* files of a larger world would be globbed by ds_to_universal
+                shutil.rmtree(self.dir / tag)
+        verdict = _from_rank0(verdict)
+        if verdict == "skip":
             return tag  # resumed from (or wrote) this very step: nothing new, and never destroy it
-        if _complete(self.dir / tag):
-            raise CheckpointError(f"{self.dir / tag} exists and is complete, but this run neither resumed from "
-                                  f"nor wrote it; refusing to overwrite it (is another run using {self.dir.parent}?)")
-        if self.rank == 0 and (self.dir / tag).exists():
-            # a save into a tag directory that exists (a partial save of this step) starts empty:
-            # stale zero_pp_rank_* files of a larger world would be globbed by ds_to_universal
-            shutil.rmtree(self.dir / tag)
-        _barrier()
+        if verdict:
+            raise CheckpointError(verdict)
         engine.save_checkpoint(str(self.dir), tag=tag, client_state=client_state, save_latest=False)
         torch.save(_rng_state(), self.dir / tag / f"rng_rank{self.rank}.pt")
         _barrier()  # every rank's shards are on disk before the marker and the pointer

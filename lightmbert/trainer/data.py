@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import itertools
 import random
+import sys
 from collections import Counter
 from typing import Iterator
 
@@ -33,6 +35,8 @@ from lightmbert.data_prep.sampling import smoothed_probabilities
 from lightmbert.data_prep.tarreader import ShardError, load_shard, npy_array
 
 from .sampler import Cursor, LanguageOrder, Shard, StreamState, seed_int
+
+CACHE_WARN_SAMPLES = 4_000_000  # samples a worker's shard caches may hold before we warn
 
 
 class DataError(ValueError):
@@ -155,7 +159,9 @@ class Stream:
         self.streams = ds.world * ds.workers
         st = state or StreamState(sid, gen=ds.gen)
         self.key = f"{ds.seed}/{ds.gen}/{sid}"
-        self.cursors = [Cursor(ds.orders[lang].n, self.streams, sid, st.cursors.get(lang)) for lang in ds.languages]
+        fresh = {"pending": [], "next_epoch": ds.epoch_base}
+        self.cursors = [Cursor(ds.orders[lang].n, self.streams, sid, st.cursors.get(lang, fresh))
+                        for lang in ds.languages]
         self.drawn, self.pools, self.batches = st.drawn, st.pools, st.batches
         self.pool: list = [(g, None) for g in st.pool]    # (refs, rows or None: read again)
         self.next = 0                                       # next batch of the pool
@@ -258,11 +264,19 @@ class MixedStream(IterableDataset):
         self.workers = max(1, cfg.num_workers)
         self.group = max(1, cfg.group_by_length)
         self.gen, self.first_role, self.resume_streams = 0, 0, {}
+        self.epoch_base = 0   # the first epoch of a fresh stream (data_state.fresh_epochs)
         self.orders = language_orders(manifest, cfg.shards, self.languages, seed, cfg.shuffle_buffer)
         # checked here, on every rank alike, not lazily in some DataLoader worker
         empty = [lang for lang, order in self.orders.items() if order.n == 0]
         if empty:
             raise DataError(f"data: languages {empty} have no samples in {cfg.shards}/manifest.json")
+        # a stream holds the shards its current window overlaps (ShardCache), per language
+        held = sum(min(o.n, cfg.shuffle_buffer + 2 * max(s.samples for s in o.shards)) for o in self.orders.values())
+        if held > CACHE_WARN_SAMPLES and rank == 0:
+            print(f"[data] warning: data.shuffle_buffer {cfg.shuffle_buffer} over {len(self.orders)} languages: "
+                  f"each DataLoader worker may hold up to {held:,} samples of shards in memory "
+                  f"(× {self.workers} workers per rank); lower shuffle_buffer or num_workers if memory is short",
+                  file=sys.stderr, flush=True)
         self.parallel = None
         if cfg.parallel:
             if "en" not in self.languages:
@@ -275,6 +289,7 @@ class MixedStream(IterableDataset):
         """`resume` (trainer/data_state.py): the streams' random-key generation, the role of the
         stream that is next in line, and the state of each of this rank's streams."""
         self.gen, self.first_role = resume.get("gen", 0), resume.get("first_role", 0)
+        self.epoch_base = resume.get("epoch_base", 0)
         self.resume_streams = {int(sid): st if isinstance(st, StreamState) else StreamState.from_dict(st)
                                for sid, st in resume.get("streams", {}).items()}
 
@@ -352,10 +367,28 @@ class StatefulLoader:
 
     def state_dict(self) -> dict:
         """Every stream of this rank, each a complete StreamState record (as a dict)."""
-        streams = {sid: StreamState(sid, gen=self.dataset.gen) for sid in self.dataset.sids()}
+        ds = self.dataset
+        streams = {sid: StreamState(sid, gen=ds.gen, cursors={lang: {"pending": [], "next_epoch": ds.epoch_base}
+                                                              for lang in ds.languages}) for sid in ds.sids()}
         streams.update(self.streams)
         streams.update({sid: full_state(self.fills[sid], pos) for sid, pos in self.positions.items()})
         return {"consumed": self.consumed, "streams": {sid: st.to_dict() for sid, st in streams.items()}}
+
+
+class InProcessLoader:
+    """What the DataLoader makes of a rank's streams, in one process and without padding:
+    batches {"rows": [[language, epoch, sample id, wrapped], ...], "_state": position} taken
+    from the workers in turn (the planner's tests and benchmarks drive a StatefulLoader with it)."""
+
+    def __init__(self, dataset: MixedStream):
+        self.dataset = dataset
+
+    def __iter__(self):
+        ds = self.dataset
+        its = [ds.stream((w + ds.first_role) % ds.workers).rows() for w in range(ds.workers)]
+        for k in itertools.count():
+            rows, position = next(its[k % ds.workers])
+            yield {"rows": [ref for _, _, ref in rows if ref is not None], "_state": position}
 
 
 def as_is(batch: dict) -> dict:

@@ -68,7 +68,7 @@ def gather(loader: StatefulLoader, grad_accum: int) -> dict:
 
 def snapshot(parts: list[dict], ds: MixedStream, grad_accum: int) -> dict:
     """The checkpoint's "data" entry from each rank's `StatefulLoader.state_dict()`."""
-    return {"version": VERSION, "gen": ds.gen,
+    return {"version": VERSION, "gen": ds.gen, "epoch_base": ds.epoch_base,
             "shape": shape_of(ds.cfg, ds.world, grad_accum, ds.parallel is not None),
             "order": order_of(ds), "consumed": [p["consumed"] for p in parts],
             "streams": {sid: st for p in parts for sid, st in p["streams"].items()}}
@@ -85,6 +85,16 @@ def _order_changes(saved: dict, now: dict) -> list[str]:
     return out
 
 
+EPOCH_BASE = 1 << 20   # a data reset starts at epoch (resets so far) · EPOCH_BASE
+
+
+def fresh_epochs(saved: dict) -> dict:
+    """Fresh epochs that no earlier position can have reached: epoch numbers key the orders,
+    so starting again at epoch 0 would replay the run's first epochs in the same order."""
+    gen = saved.get("gen", 0) + 1
+    return {"gen": gen, "epoch_base": (saved.get("epoch_base", 0) // EPOCH_BASE + 1) * EPOCH_BASE}
+
+
 def resume_plan(saved: dict | None, ds: MixedStream, grad_accum: int, reset: bool, log) -> dict | None:
     """The `resume` argument of this rank's MixedStream (see the module docstring); `ds` is a
     fresh MixedStream of the new job (for its orders and shape)."""
@@ -93,7 +103,7 @@ def resume_plan(saved: dict | None, ds: MixedStream, grad_accum: int, reset: boo
     if saved.get("version") != VERSION:
         log(f"warning: the checkpoint's data position has format version {saved.get('version')} (this "
             f"version reads {VERSION}); starting the data at a fresh epoch")
-        return {"gen": saved.get("gen", 0) + 1}
+        return fresh_epochs(saved)
     now_shape = shape_of(ds.cfg, ds.world, grad_accum, ds.parallel is not None)
     changes = _order_changes(saved["order"], order_of(ds))
     if changes:
@@ -102,7 +112,7 @@ def resume_plan(saved: dict | None, ds: MixedStream, grad_accum: int, reset: boo
                             + "; ".join(changes) + "); resume with the same data, or set "
                             "data.reset_position=true to start the data at a fresh epoch")
         log(f"data.reset_position: starting the data at a fresh epoch ({'; '.join(changes)})")
-        return {"gen": saved["gen"] + 1}
+        return fresh_epochs(saved)
     old = saved["shape"]
     W = now_shape["workers"]
     streams = {int(k): v for k, v in saved["streams"].items()}
@@ -113,7 +123,8 @@ def resume_plan(saved: dict | None, ds: MixedStream, grad_accum: int, reset: boo
         mine = range(ds.rank * W, (ds.rank + 1) * W)
         if old["grad_accum"] != now_shape["grad_accum"]:
             log(f"data: grad_accum {old['grad_accum']} → {now_shape['grad_accum']}; the streams continue as they were")
-        return {"gen": saved["gen"], "first_role": consumed % W, "consumed": consumed,
+        return {"gen": saved["gen"], "epoch_base": saved.get("epoch_base", 0), "first_role": consumed % W,
+                "consumed": consumed,
                 "streams": {sid: StreamState.from_dict(streams[sid]) for sid in mine if sid in streams}}
     return _elastic(saved, streams, ds, log)
 
@@ -139,11 +150,14 @@ def _elastic(saved: dict, streams: dict, ds: MixedStream, log) -> dict:
         for sid, cur in enumerate(resplit(n, left, first_fresh, S_new)):
             new_states[sid].cursors[lang] = cur
     if cuts:
-        log("data: elastic resume: the leftover of the epochs in progress is bounded; not used in their "
-            "epoch (streams that were epochs behind, or fragments of resizes without progress): " + "; ".join(cuts))
+        log("data: elastic resume: warning: the leftover of the epochs in progress is bounded, and these "
+            "positions are not used in their epoch (streams that were epochs behind, or fragments of resizes "
+            "that followed each other with no progress): " + "; ".join(cuts))
     log(f"data: elastic resume from {old['world']} rank(s) × {old['workers']} worker(s), micro-batch "
         f"{old['micro_batch']}, grad_accum {old['grad_accum']} → {ds.world} × {ds.workers}, "
         f"{ds.cfg.micro_batch_size}: the {left_total} samples of the epochs in progress no stream had used "
-        f"are re-split over {S_new} stream(s); every sample is still used once per epoch")
-    return {"gen": gen, "first_role": 0, "consumed": 0, "streams": {sid: new_states[sid] for sid in ds.sids()},
+        f"are re-split over {S_new} stream(s); every sample is still used once per epoch"
+        + (" (less the positions cut above)" if cuts else ""))
+    return {"gen": gen, "epoch_base": saved.get("epoch_base", 0), "first_role": 0, "consumed": 0,
+            "streams": {sid: new_states[sid] for sid in ds.sids()},
             "cut": cut_by}

@@ -9,12 +9,33 @@ stayed below its step-0 value (eval.stop_on_drop).
 """
 from __future__ import annotations
 
+import os
 import sys
 
 from lightmbert.configs import ConfigError, DistillConfig, parse_cli
 
 
+def report_exit(code: int) -> int:
+    """Rank 0 writes its exit code to $LIGHTMBERT_EXIT_FILE (when set): a launcher such as
+    torchrun turns any worker's non-zero exit into its own 1, so slurm/distill.sh reads the
+    trainer's own verdict (75: checkpointed, requeue me) from there."""
+    path = os.environ.get("LIGHTMBERT_EXIT_FILE")
+    if path and os.environ.get("RANK", "0") == "0":
+        tmp = f"{path}.tmp{os.getpid()}"
+        try:
+            with open(tmp, "w") as f:
+                f.write(f"{code}\n")
+            os.replace(tmp, path)
+        except OSError as e:
+            print(f"lightmbert.trainer.distill: warning: cannot write {path}: {e}", file=sys.stderr)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
+    return report_exit(_main(argv))
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = [a for a in (sys.argv[1:] if argv is None else argv)
             if not a.startswith("--local_rank")]  # the deepspeed launcher adds --local_rank=N
     try:

@@ -72,7 +72,6 @@ def init_dist(cuda: bool) -> tuple[int, int]:
 
 class Distiller:
     def __init__(self, cfg: DistillConfig, command: str = ""):
-        import deepspeed
         self.cfg, run = cfg, cfg.run
         self.run_dir = Path(run.output_dir)
         self.cuda = torch.cuda.is_available()

@@ -10,8 +10,10 @@ record is still in the file, and the next run takes over with a warning.
 
 Where file locks are node-local (NFS `local_lock`, Lustre `localflock`, BeeGFS) a job on
 another host gets the lock although the holder lives: a record from another host is
-therefore only taken over once its heartbeat is stale — older than STALE_S, or not moving
-while we watch it for two heartbeat periods (our own clock: no cross-host clock skew).
+therefore only taken over once its heartbeat is stale: older than STALE_S by the wall clock
+(hosts' clocks are assumed NTP-synced to well within STALE_S), or not moving while we watch
+it for WATCH_S (our own clock; the file is reopened for every look, so an NFS client's
+attribute cache — acregmax, 60 s by default — cannot make a live heartbeat look frozen).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from pathlib import Path
 
 HEARTBEAT_S = float(os.environ.get("LIGHTMBERT_LOCK_HEARTBEAT_S", 15))
 STALE_S = 20 * HEARTBEAT_S   # a record whose heartbeat is this old is stale at once
+WATCH_S = max(2 * HEARTBEAT_S + 1, 65.0)   # how long a fresh-looking heartbeat is watched
 
 
 class RunLocked(RuntimeError):
@@ -62,7 +65,7 @@ class RunLock:
                   f"this directory", file=sys.stderr, flush=True)
             return
         prev = os.pread(fd, 1 << 16, 0).decode(errors="replace").strip()
-        if prev and _elsewhere(prev) and _beating(fd, prev):
+        if prev and _elsewhere(prev) and _beating(self.path, prev):
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
             raise RunLocked(f"run.output_dir {self.path.parent} is in use by a run on another host "
@@ -74,14 +77,19 @@ class RunLock:
         self.record = {"host": socket.gethostname(), "pid": os.getpid(),
                        "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": command}
         self.fd = fd
+        os.ftruncate(fd, 0)   # the previous holder's record may be longer than ours
+        self._size = len(self._record()) + 64   # every beat writes this many bytes: no stale tail
         self._beat()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._heartbeat, name="runlock-heartbeat", daemon=True)
         self._thread.start()
 
+    def _record(self) -> bytes:
+        return json.dumps({**self.record, "heartbeat": time.time()}).encode()
+
     def _beat(self) -> None:
-        data = json.dumps({**self.record, "heartbeat": time.time()}).encode()
-        os.pwrite(self.fd, data.ljust(1024) if len(data) < 1024 else data, 0)  # same length: no truncate race
+        # one fixed-size write (no truncate between: a reader never sees an empty file)
+        os.pwrite(self.fd, self._record().ljust(self._size), 0)
         os.fsync(self.fd)
 
     def _heartbeat(self) -> None:
@@ -110,18 +118,21 @@ def _elsewhere(record: str) -> bool:
         return False
 
 
-def _beating(fd: int, record: str) -> bool:
+def _beating(path: Path, record: str) -> bool:
     """Whether the holder of `record` (on another host) is alive: a heartbeat newer than
-    STALE_S, that then moves while we watch for two heartbeat periods."""
+    STALE_S, that then moves while we watch for WATCH_S."""
     first = json.loads(record).get("heartbeat")
     if first is None or time.time() - first > STALE_S:
         return False
-    deadline = time.monotonic() + 2 * HEARTBEAT_S + 1
+    print(f"[distill] {path} is held by a run on another host with a recent heartbeat; watching it for "
+          f"up to {WATCH_S:.0f} s", file=sys.stderr, flush=True)
+    deadline = time.monotonic() + WATCH_S
     while time.monotonic() < deadline:
         time.sleep(min(1.0, HEARTBEAT_S / 4))
         try:
-            now = json.loads(os.pread(fd, 1 << 16, 0).decode(errors="replace").strip() or "{}").get("heartbeat")
-        except ValueError:
+            with open(path, "rb") as f:   # a fresh open: NFS revalidates (close-to-open)
+                now = json.loads(f.read(1 << 16).decode(errors="replace").strip() or "{}").get("heartbeat")
+        except (OSError, ValueError):
             continue
         if now is None:      # cleared: it exited cleanly meanwhile
             return False
@@ -153,6 +164,8 @@ def lock_on_rank0(run_dir: Path, rank: int, device, command: str) -> RunLock:
             lock.acquire(command)
         except RunLocked as e:
             error = str(e)
+        except Exception as e:  # noqa: BLE001 — e.g. an unwritable run folder: every rank must hear of it
+            error = f"cannot lock {lock.path}: {type(e).__name__}: {e}"
     ok = torch.tensor([0.0 if error else 1.0], device=device)
     dist.all_reduce(ok, op=dist.ReduceOp.MIN)
     if ok.item() < 1:

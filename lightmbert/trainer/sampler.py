@@ -217,11 +217,12 @@ def _merge(intervals: list[list[int]]) -> list[list[int]]:
     return out
 
 
-def max_intervals(old: int, new: int) -> int:
+def max_intervals(old: int, new: int, returned: int = 0) -> int:
     """The most leftover intervals a language keeps at a resize from `old` to `new` streams:
-    a resize leaves about one per old stream; more only pile up when resizes follow each
-    other with no progress in between."""
-    return 2 * (old + new) + 256
+    a resize leaves about one per old stream, plus the positions of partly handed-out pools
+    (`returned`: scattered by the length sort, at most B·G per stream); more only pile up
+    when resizes follow each other with no progress in between."""
+    return 2 * (old + new) + returned + 256
 
 
 def unconsumed(n: int, streams: int, cursors: list[dict | None], returned: list = (), new_streams: int = 1
@@ -231,7 +232,7 @@ def unconsumed(n: int, streams: int, cursors: list[dict | None], returned: list 
     epochs before `first_fresh`; first_fresh; {epoch: positions cut}). `returned`: single
     (epoch, position, S) positions that were read but never used (a partly handed-out pool)
     and go back. The leftover is bounded (module docstring): older epochs and the smallest
-    fragments beyond `max_intervals(streams, new_streams)` are cut, and counted."""
+    fragments beyond `max_intervals(streams, new_streams, len(returned))` are cut, and counted."""
     states = [c or {"pending": [], "next_epoch": 0} for c in cursors]
     first_fresh = max(s["next_epoch"] for s in states)
     lag = max(LAG_EPOCHS, -(-LAG_POSITIONS // slice_len(n, streams)))  # streams drift a few draws apart
@@ -248,9 +249,9 @@ def unconsumed(n: int, streams: int, cursors: list[dict | None], returned: list 
             cut[iv[0]] = cut.get(iv[0], 0) + iv[2] - iv[1]
         else:
             keep.append(iv)
-    if len(keep) > max_intervals(streams, new_streams):
+    if len(keep) > max_intervals(streams, new_streams, len(returned)):
         by_size = sorted(range(len(keep)), key=lambda i: keep[i][2] - keep[i][1], reverse=True)
-        drop = set(by_size[max_intervals(streams, new_streams):])
+        drop = set(by_size[max_intervals(streams, new_streams, len(returned)):])
         for i in drop:
             cut[keep[i][0]] = cut.get(keep[i][0], 0) + keep[i][2] - keep[i][1]
         keep = [iv for i, iv in enumerate(keep) if i not in drop]

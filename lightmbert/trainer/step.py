@@ -6,10 +6,11 @@ rerun of the same command on the same run directory). Acted on at a step boundar
 rank together.
 
 Stepper.run: grad_accum micro-batches through teacher → student → objective → DeepSpeed.
-Before each micro-batch, a one-element all-reduce on a CPU (gloo) group says whether every
-rank got its batch: a bad shard read by one rank's DataLoader worker then ends every rank
-with its name instead of leaving the others waiting in the next collective (on GPUs that
-group is not the NCCL one, so it costs no device sync).
+At the start of each optimizer step every rank takes its grad_accum micro-batches from the
+loader, then one one-element all-reduce on a CPU (gloo) group says whether every rank got
+them: a bad shard (or any error) in one rank's DataLoader worker then ends every rank with
+its name instead of leaving the others waiting in the next collective. On GPUs that group is
+not the NCCL one, so it costs no device sync; it is one small CPU collective per step.
 Device syncs per micro-batch: one. A single all-reduce of a small float64 vector carries what
 every rank must agree on — whether the loss is finite everywhere, whether a stop was
 requested, and the loss terms (their mean over ranks is what is logged). Token and sample
@@ -67,19 +68,22 @@ class Stepper:
         self.stop_agreed = False
         self.rank, self.control = rank, control   # control: a gloo group (None: the default group)
 
-    def next_batch(self, data_iter) -> dict:
-        """This rank's next micro-batch, once every rank has its own (a collective)."""
+    def next_batches(self, data_iter, k: int) -> list[dict]:
+        """This rank's next k micro-batches, once every rank has its own (a collective)."""
+        hosts, error = [], ""
         try:
-            host, error = next(data_iter), ""
-        except (ShardError, DataError) as e:
-            host, error = None, f"rank {self.rank}: {str(e).strip().splitlines()[-1]}"
+            for _ in range(k):
+                hosts.append(next(data_iter))
+        except Exception as e:  # noqa: BLE001 — whatever it is, every rank must hear of it
+            kind = "" if isinstance(e, (ShardError, DataError)) else f"{type(e).__name__}: "
+            error = f"rank {self.rank}: {kind}{str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
         failed = torch.tensor([1.0 if error else 0.0])
         dist.all_reduce(failed, op=dist.ReduceOp.MAX, group=self.control)
         if failed.item() > 0:
             errors: list = [None] * self.world
             dist.all_gather_object(errors, error, group=self.control)
             raise DataFailure("; ".join(e for e in errors if e))
-        return host
+        return hosts
 
     def state(self) -> dict:
         return {"bad_steps": self.bad_steps, "skipped": self.skipped}
@@ -94,8 +98,11 @@ class Stepper:
         rows: list = []  # with run.trace: [language, epoch, sample id, wrapped] of every sample row used
         tokens = samples = good = 0
         langs: Counter = Counter()
+        queue = self.next_batches(data_iter, self.grad_accum)
         while good < self.grad_accum:
-            host = self.next_batch(data_iter)
+            if not queue:  # a skipped (non-finite) micro-batch is replaced, on every rank alike
+                queue = self.next_batches(data_iter, 1)
+            host = queue.pop(0)
             batch = {k: v.to(self.device, non_blocking=True) for k, v in host.items()
                      if isinstance(v, torch.Tensor)}
             t_hidden, t_proj = self.teacher_forward(batch)
