@@ -266,6 +266,9 @@ def test_chaos(tmp_path, capsys):
               f"rows per stream count; cut {sum(sum(v.values()) for v in sim.cut.values())} positions; "
               f"{time.time() - t0:.1f} s")
     assert sum(sim.events.values()) >= 300
+    # the bounded leftover may cut (counted) after resizes in a row, never a real share of the data
+    cut, used = sum(sum(v.values()) for v in sim.cut.values()), sum(len(rows) for rows in sim.trace)
+    assert cut <= 0.05 * used, f"seed {SEED}: {cut} positions cut for {used} used"
     assert sim.events["resize"] and sim.events["preempted save"] and sim.events["kill -9"]
 
 
