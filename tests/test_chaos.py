@@ -249,17 +249,25 @@ class Sim:
             assert tag and (self.dir / "checkpoints" / tag / "complete").is_file(), f"seed {SEED}: {tag}"
 
 
-def test_chaos(tmp_path, capsys):
-    import time
-    t0 = time.time()
-    sim = Sim(SEED, tmp_path)
+def run(sim: Sim, events: int) -> None:
     sim.launch()
-    for k in range(EVENTS):
+    for _ in range(events):
         sim.event()
         if sim.job is not None:
             sim.check_epochs()
         sim.check_shares()
         sim.check_checkpoints()
+
+
+def test_chaos(tmp_path, capsys):
+    import time
+    t0 = time.time()
+    sim = Sim(SEED, tmp_path)
+    try:
+        run(sim, EVENTS)
+    except BaseException as e:  # every failure names the seed that replays it
+        raise AssertionError(f"chaos seed {SEED} (LIGHTMBERT_CHAOS_SEED={SEED} replays it), event "
+                             f"{sum(sim.events.values())}: {type(e).__name__}: {e}") from e
     with capsys.disabled():
         print(f"\n[chaos] seed {SEED} (LIGHTMBERT_CHAOS_SEED), window {sim.window}, keep {sim.keep}: "
               f"{dict(sim.events)}; {sim.step} steps; {dict(sim.shares and {s: sum(c.values()) for s, c in sim.shares.items()})} "
@@ -275,11 +283,4 @@ def test_chaos(tmp_path, capsys):
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_chaos_fixed_seeds(tmp_path, seed):
     """Fixed seeds beside the random one (CI then always covers these histories)."""
-    sim = Sim(seed, tmp_path)
-    sim.launch()
-    for _ in range(120):
-        sim.event()
-        if sim.job is not None:
-            sim.check_epochs()
-        sim.check_shares()
-        sim.check_checkpoints()
+    run(Sim(seed, tmp_path), 120)

@@ -48,9 +48,13 @@ def test_latest_pointer_to_a_missing_or_partial_checkpoint_falls_back(tmp_path, 
     assert ck.latest() == "step00000010" and not capsys.readouterr().err
 
 
-def test_checkpoints_without_a_complete_one_are_an_error_not_step_0(tmp_path):
+def test_checkpoints_without_a_complete_one_are_an_error_not_step_0(tmp_path, capsys):
     from lightmbert.trainer.checkpoint import CheckpointError, Checkpointer
     make_ckpt(tmp_path, 10, complete=False, rng=False)
+    # no pointer: no save of the run ever finished (its first one was cut short) → step 0, loudly
+    assert Checkpointer(tmp_path, 2, 0).latest() is None
+    assert "no save of this run ever finished" in capsys.readouterr().err
+    pointer(tmp_path, 10)
     with pytest.raises(CheckpointError, match=r"none of the checkpoints \['step00000010'\] is complete"):
         Checkpointer(tmp_path, 2, 0).latest()
     pointer(tmp_path, 30)

@@ -100,6 +100,20 @@ def test_a_second_preempted_save_never_deletes_the_only_complete_checkpoint(tmp_
     assert not list((tmp_path / "checkpoints").glob("partial-*")), "rotation removes the partial saves"
 
 
+def test_a_preempted_first_save_restarts_from_step_0(tmp_path):
+    """Found by the chaos test: the run's very first save cut short left only a partial tag, and
+    every requeue then failed with "none of the checkpoints is complete" (exit 2, for good)."""
+    from lightmbert.trainer.checkpoint import Checkpointer
+    with pytest.raises(KeyboardInterrupt):
+        Checkpointer(tmp_path, 2, 0, world=2).save(Engine(2, fail=True), 10, {})
+    ck = Checkpointer(tmp_path, 2, 0, world=2)
+    assert ck.resume_tag() is None
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["partial-step00000010"]
+    ck.save(Engine(2), 10, {})                    # the same step again, from an empty directory
+    assert Checkpointer(tmp_path, 2, 0, world=2).latest() == "step00000010"
+    assert not list((tmp_path / "checkpoints").glob("partial-*"))
+
+
 def test_a_save_into_an_existing_partial_tag_starts_empty(tmp_path):
     """Before: a 4-rank partial save's zero_pp_rank_2/3 files stayed beside a 2-rank save."""
     from lightmbert.trainer.checkpoint import Checkpointer

@@ -97,6 +97,12 @@ class Checkpointer:
             return named  # written before markers existed: the pointer only moved once complete
         if not named and not tags:
             return None
+        if not named and not complete:
+            # the pointer moves only after a save finished: none ever did (the run's first save
+            # was preempted or killed), so these are partial saves and step 0 is the truth
+            print(f"[checkpoint] warning: {self.dir}: no save of this run ever finished ({tags} are partial); "
+                  f"starting from step 0", file=sys.stderr, flush=True)
+            return None
         if complete:
             if named is not None and named not in complete:
                 why = "is missing" if named not in tags else "is incomplete (no 'complete' marker)"
@@ -112,8 +118,8 @@ class Checkpointer:
         resumed, never counted by rotation, never saved into (the next save of that step
         starts from an empty directory), and removed by the next rotation."""
         tags = self._tags()
-        if not any(_complete(self.dir / t) for t in tags):
-            return  # a run from before the markers (or none complete yet): nothing to tell apart
+        if not any(_complete(self.dir / t) for t in tags) and (self.dir / "latest").is_file():
+            return  # a run from before the markers: nothing to tell apart
         for tag in tags:
             if tag != keep and not _complete(self.dir / tag):
                 aside = self.dir / f"partial-{tag}"
