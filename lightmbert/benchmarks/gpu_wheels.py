@@ -134,12 +134,14 @@ def find_python312(given: str | None) -> str | None:
 
 
 def import_check(python: str, target: Path) -> tuple[bool, str]:
-    code = ("import importlib.util, sys; sys.path.insert(0, sys.argv[1]); mods = sys.argv[2:]\n"
+    # the installed set comes first on the child's path through PYTHONPATH (as on the GPU image)
+    code = ("import importlib.util, sys; mods = sys.argv[1:]\n"
             "if importlib.util.find_spec('torch'): mods.append('deepspeed')\n"
             "else: print('torch not importable here: deepspeed import not tried')\n"
             "for m in mods: print(m, __import__(m).__file__)")
-    r = subprocess.run([python, "-c", code, str(target), *IMPORTS], capture_output=True, text=True,
-                       env={**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")})
+    env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"),
+           "PYTHONPATH": os.pathsep.join(p for p in (str(target), os.environ.get("PYTHONPATH", "")) if p)}
+    r = subprocess.run([python, "-c", code, *IMPORTS], capture_output=True, text=True, env=env)
     return r.returncode == 0, (r.stdout + r.stderr).strip()
 
 
