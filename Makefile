@@ -76,8 +76,15 @@ DEMO_OVERRIDES_monolingual := --data.parallel=false --loss.relation=mse --optim.
 DEMO_OVERRIDES_unfrozen := --student.freeze_embeddings=false
 DEMO_OVERRIDES_random := --student.init=random --student.freeze_embeddings=false
 DEMO_RUN := runs/demo/$(VARIANT)
-# the shippable student: pieces seen at least this often in the demo's shards (lightmbert.deploy.trim)
+# the shippable student: pieces seen at least this often in the demo's shards, then the
+# tokenizer's most probable other pieces of the same scripts up to TRIM_BUDGET pieces, so text
+# outside the demo's domain keeps its segmentation (lightmbert.deploy.trim; 0: shards only)
 TRIM_MIN_COUNT ?= 1
+TRIM_BUDGET ?= 150000
+# the held-out sets every model of the demo is scored on: in-domain (the demo's own held-out
+# pairs) and out-of-domain (LibreOffice help, a source the demo never trains on)
+DEMO_SETS := in_domain=$(LIGHTMBERT_CACHE)/demo/heldout.jsonl@ar,bg,de,el,es,fr,hi,ru,sw,th,tr,ur,vi,zh \
+  out_of_domain=$(LIGHTMBERT_CACHE)/demo/heldout_ood.jsonl@de,el,es,fr,hi,ru,tr,vi,zh,ja,ko,id
 
 demo: demo-assets
 	$(PY) -m lightmbert.data_prep.shard --config configs/data/demo.yaml
@@ -85,14 +92,14 @@ demo: demo-assets
 	DS_ACCELERATOR=cpu $(VENV)/bin/torchrun --standalone --nproc_per_node 2 -m lightmbert.trainer.distill \
 	  --config configs/distill/demo_cpu.yaml --run.output_dir=$(DEMO_RUN) $(DEMO_OVERRIDES_$(VARIANT)) $(DEMO_ARGS)
 	$(PY) -m lightmbert.demo.report --teacher $(LIGHTMBERT_CACHE)/demo/teacher \
-	  --student $(DEMO_RUN)/student --pairs $(LIGHTMBERT_CACHE)/demo/heldout.jsonl --out $(DEMO_RUN)/eval
+	  --student $(DEMO_RUN)/student $(foreach s,$(DEMO_SETS),--pairs $(s)) --out $(DEMO_RUN)/eval
 	$(PY) -m lightmbert.deploy.trim $(DEMO_RUN)/student $(DEMO_RUN)/student-trimmed --shards runs/demo/shards \
-	  --min-count $(TRIM_MIN_COUNT) --heldout $(LIGHTMBERT_CACHE)/demo/heldout.jsonl --overwrite
+	  --min-count $(TRIM_MIN_COUNT) --budget $(TRIM_BUDGET) --overwrite \
+	  --heldout in_domain=$(LIGHTMBERT_CACHE)/demo/heldout.jsonl --heldout out_of_domain=$(LIGHTMBERT_CACHE)/demo/heldout_ood.jsonl
 	$(PY) -m lightmbert.deploy.onnx_export $(DEMO_RUN)/student-trimmed $(DEMO_RUN)/student-trimmed-onnx --int8
 	$(PY) -m lightmbert.benchmarks.bench_student --teacher $(LIGHTMBERT_CACHE)/demo/teacher --student $(DEMO_RUN)/student \
 	  --trimmed $(DEMO_RUN)/student-trimmed --trimmed-onnx $(DEMO_RUN)/student-trimmed-onnx \
-	  --pairs $(LIGHTMBERT_CACHE)/demo/heldout.jsonl --prefix "query: " --out $(DEMO_RUN)/deploy \
-	  --languages ar,bg,de,el,es,fr,hi,ru,sw,th,tr,ur,vi,zh
+	  $(foreach s,$(DEMO_SETS),--pairs $(s)) --prefix "query: " --out $(DEMO_RUN)/deploy
 
 test: setup
 	$(PY) -m pytest -q tests

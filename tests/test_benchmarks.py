@@ -1,6 +1,7 @@
 """The benchmark scripts run (tiny shapes): they are run by hand, so CI keeps them working."""
 import csv
 import os
+import json
 import subprocess
 import sys
 import time
@@ -164,6 +165,11 @@ def test_bench_student_tiny(tmp_path):
                for r in rows)
     assert (tmp_path / "bench_student.png").stat().st_size > 1000
     assert "| student-trimmed-int8 | ONNX Runtime int8 |" in (tmp_path / "bench_student.md").read_text()
+    # every row is scored on each held-out set; the second set (ru only) has its own column
+    assert all(0 <= float(r["retrieval_other"]) <= 1 for r in rows)
+    per_lang = json.loads((tmp_path / "bench_student.json").read_text())
+    assert set(per_lang["student / torch"]["other"]) == {"ru", "mean"}
+    assert set(per_lang["student / torch"]["heldout"]) == {"de", "ru", "mean"}
 
 
 def _dist(site, name, version, *requires):

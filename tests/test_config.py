@@ -152,3 +152,28 @@ def test_readme_config_reference_is_current():
     from lightmbert.configs.reference import markdown
     readme = (REPO / "README.md").read_text()
     assert markdown().strip() in readme, "README config reference is stale: python -m lightmbert.configs.reference"
+
+
+def test_dict_of_sections(tmp_path):
+    """A dict of dataclasses (eval.sets: name → EvalSetConfig) from YAML and CLI: an override
+    under a dict key is typed by the entry's dataclass (a path `2024` stays a string, an unknown
+    key names the flag), `--key={...}` replaces the file's dict, a dump loads back, and the
+    reference documents the entries' fields."""
+    from lightmbert.configs import DistillConfig, EvalSetConfig
+    base = ["--run.output_dir=o", "--teacher.name_or_path=t", "--data.shards=s"]
+    p = write(tmp_path, "eval:\n  sets:\n    ood: {pairs: a.jsonl, languages: [de]}\n")
+    cfg = load(DistillConfig, p, base + ["--eval.sets.ood.max_pairs=5", "--eval.sets.web.pairs=2024"])
+    assert cfg.eval.sets == {"ood": EvalSetConfig("a.jsonl", ["de"], 5), "web": EvalSetConfig("2024")}
+    assert load(DistillConfig, p, base + ['--eval.sets={"x": {"pairs": "b.jsonl"}}']).eval.sets == {
+        "x": EvalSetConfig("b.jsonl")}
+    with pytest.raises(ConfigError, match=r"^eval\.sets\.ood\.max_pairs: expected int \| null, got 'many' "
+                                          r"\(from --eval\.sets\.ood\.max_pairs\)$"):
+        load(DistillConfig, p, base + ["--eval.sets.ood.max_pairs=many"])
+    with pytest.raises(ConfigError, match=r"^eval\.sets\.ood\.lang: unknown key \(from --eval\.sets\.ood\.lang;"):
+        load(DistillConfig, p, base + ["--eval.sets.ood.lang=[de]"])
+    dump(cfg, tmp_path / "config.yaml")
+    assert load(DistillConfig, tmp_path / "config.yaml") == cfg
+    rows = {key: (tp, default) for key, tp, default, _ in describe(DistillConfig)}
+    assert rows["eval.sets"] == ("dict[str, EvalSetConfig]", "{}")
+    assert rows["eval.sets.<name>.pairs"] == ("str", "(required)")
+    assert rows["eval.sets.<name>.max_pairs"] == ("int | null", "None")

@@ -115,3 +115,59 @@ def test_corpus_holds_out_pairs_and_keeps_them_out_of_training(demo_assets):
     assert not ({r["en"] for r in train} & banned)
     assert not ({t for r in train for t in r["translations"].values()} & banned)
     assert sum("de" in r["translations"] for r in train) > 1000
+
+
+def _help_page(paras: list[tuple[str, str]]) -> str:
+    body = "".join(f'<p id="{pid}" class="paragraph">{text}</p>\n' for pid, text in paras)
+    return f"<html><body><h1>t</h1>\n{body}</body></html>"
+
+
+def test_ood_set_aligns_libreoffice_help_by_paragraph_id(tmp_path):
+    """Paragraphs align by their id, not their order; untranslated (English) paragraphs, short
+    or over-long ones, duplicates and any string of the training text are left out (counted)."""
+    from lightmbert.demo.ood import build_ood
+    help_ = tmp_path / "x/usr/share/libreoffice/help"
+    long_en = "Choose Format - Character to change the font of the selected text in your document now."
+    en = [("p1", long_en), ("p2", "Too short here."),
+          ("p3", "The <emph>sum</emph> of all values in the selected cell range is shown in the status bar."),
+          ("p4", "This paragraph is also part of the training text of the demo, so it is not held out."),
+          ("p5", " ".join(["word"] * 61)), ("p6", long_en)]
+    de = [("p3", "Die Summe aller Werte im ausgewählten Zellbereich wird in der Statusleiste angezeigt."),
+          ("p1", "Wählen Sie Format - Zeichen, um die Schrift des ausgewählten Textes zu ändern."),
+          ("p4", "Dieser Absatz steht auch im Trainingstext.")]
+    hi = [("p1", long_en), ("p3", "चयनित कक्ष श्रेणी में सभी मानों का योग स्थिति पट्टी में दिखाया जाता है.")]
+    for folder, paras in (("en-US", en), ("de", de), ("hi", hi)):
+        page = help_ / folder / "text/scalc/guide/sum.html"
+        page.parent.mkdir(parents=True)
+        page.write_text(_help_page(paras), encoding="utf-8")
+    demo = tmp_path / "demo"
+    (demo / "text").mkdir(parents=True)
+    (demo / "text/en.txt").write_text(en[3][1] + "\n", encoding="utf-8")
+    stats = build_ood(tmp_path / "x", demo)
+    rows = [json.loads(line) for line in open(demo / "heldout_ood.jsonl", encoding="utf-8")]
+    by_en = {r["en"]: r["translations"] for r in rows}
+    assert set(by_en) == {long_en, en[2][1].replace("<emph>", "").replace("</emph>", "")}
+    assert by_en[long_en] == {"de": de[1][1]}          # hi left it untranslated
+    assert by_en[en[2][1].replace("<emph>", "").replace("</emph>", "")] == {"de": de[0][1], "hi": hi[1][1]}
+    assert stats["length_filtered"] == 2 and stats["in_training_text"] == 1
+    assert stats["untranslated"] == 1 and stats["duplicates"] == 1
+    assert stats["per_language"] == {"de": 2, "hi": 1} and all(r["domain"] == "libreoffice/scalc" for r in rows)
+
+
+def test_ood_set_is_real_natural_text_and_never_in_training(demo_assets):
+    from pathlib import Path
+    demo = Path(demo_assets["heldout"]).parent
+    rows = [json.loads(line) for line in open(demo / "heldout_ood.jsonl", encoding="utf-8")]
+    langs = "de el es fr hi ru tr vi zh ja ko id".split()
+    per_lang = {lang: sum(lang in r["translations"] for r in rows) for lang in langs}
+    assert all(n >= 300 for n in per_lang.values()), per_lang
+    assert all(8 <= len(r["en"].split()) <= 60 for r in rows)
+    assert len({r["en"] for r in rows}) == len(rows)
+    for lang in langs:
+        texts = [r["translations"][lang] for r in rows if lang in r["translations"]]
+        assert len(set(texts)) == len(texts), f"{lang}: duplicate translations"
+    from lightmbert.demo.ood import training_strings
+    strings = {r["en"] for r in rows} | {t for r in rows for t in r["translations"].values()}
+    assert not (strings & training_strings(demo))
+    held_in = {json.loads(line)["en"] for line in open(demo_assets["heldout"], encoding="utf-8")}
+    assert not ({r["en"] for r in rows} & held_in)

@@ -148,3 +148,72 @@ def test_bad_inputs_are_named(family, tmp_path):
                  "--overwrite"]) == 0
     assert json.loads((tmp_path / "exists" / "trim.json").read_text())["languages"] == ["de"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".exists.")]  # no temp dir left
+
+
+def test_script_of_names_writing_systems():
+    from lightmbert.deploy.trim import script_of
+    assert [script_of(c) for c in "aéяηあ中한٣,▁ "] == [
+        "LATIN", "LATIN", "CYRILLIC", "GREEK", "CJK", "CJK", "HANGUL", "COMMON", "COMMON", "COMMON", "COMMON"]
+
+
+def test_budget_adds_the_most_probable_pieces_of_the_kept_scripts_only(family):
+    """--budget: text of a kept script outside the shards (here English, Latin like German)
+    keeps its segmentation; pieces of other scripts (Greek, Cyrillic) are never added; the added
+    pieces are the Unigram's most probable eligible ones; German is still exact."""
+    from tokenizers import Tokenizer
+
+    from lightmbert.deploy.trim import TrimError, _pieces, coverage, script_of, trim
+    name, d, student, shards = family
+    if name == "wordpiece":  # no piece scores to rank by: a clear error, not a silent no-op
+        with pytest.raises(TrimError, match="--budget ranks pieces by the Unigram model's scores; a WordPiece"):
+            trim(student, d / "budget", str(shards), ["de"], budget=10**6)
+        return
+    base = trim(student, d / "budget-0", str(shards), ["de"], overwrite=True)
+    tj = json.loads((student / "tokenizer.json").read_text(encoding="utf-8"))
+    pieces = _pieces(tj)
+    eligible = [i for i, p in enumerate(pieces) if i not in set(base["keep"]) and p
+                and all(script_of(c) in ("LATIN", "COMMON") for c in p)]
+    assert eligible, "the synthetic vocabulary should have Latin pieces outside the German shards"
+    full = trim(student, d / "budget-all", str(shards), ["de"], budget=10**6, overwrite=True)
+    assert set(full["keep"]) == set(base["keep"]) | set(eligible)
+    assert all(script_of(c) not in ("GREEK", "CYRILLIC") for i in set(full["keep"]) - set(base["keep"]) for c in pieces[i])
+    orig = Tokenizer.from_file(str(student / "tokenizer.json"))
+    en = {"en": sentences("en", 10, SEED)}
+    assert coverage(orig, set(full["keep"]), en)["en"] == 1.0 > coverage(orig, set(base["keep"]), en)["en"], \
+        f"seed {SEED}"
+    # a budget between the two: exactly the highest-scoring eligible pieces
+    n = len(base["keep"]) + len(eligible) // 2
+    part = trim(student, d / "budget-half", str(shards), ["de"], budget=n, overwrite=True)
+    scores = {i: tj["model"]["vocab"][i][1] for i in eligible}
+    added = set(part["keep"]) - set(base["keep"])
+    assert len(part["keep"]) == n and min(scores[i] for i in added) >= max(
+        (scores[i] for i in set(eligible) - added), default=-1e9)
+    assert json.loads((d / "budget-half" / "trim.json").read_text())["budget"] == n
+    tok, orig_fast = Tokenizer.from_file(str(d / "budget-all" / "tokenizer.json")), orig
+    for t in sentences("de", 8, SEED) + en["en"]:  # covered text: the same pieces as untrimmed
+        assert tok.encode(t).tokens == orig_fast.encode(t).tokens, f"seed {SEED}: {t!r}"
+
+
+def test_bench_trim_table_over_budgets(family, tmp_path):
+    """The size/coverage/retrieval table of lightmbert.benchmarks.bench_trim (run by hand on the
+    demo) on the tiny student: more pieces at a larger budget, coverage never lower, the full
+    in-script budget covers English text completely."""
+    import csv
+
+    from lightmbert.benchmarks.bench_trim import main
+    name, d, student, shards = family
+    if name == "wordpiece":
+        return
+    pairs = tmp_path / "pairs.jsonl"
+    en, de = sentences("en", 12, 7), sentences("de", 12, 7)
+    pairs.write_text("".join(json.dumps({"en": a, "translations": {"de": b}}) + "\n" for a, b in zip(en, de)))
+    assert main(["--student", str(student), "--shards", str(shards), "--languages", "de",
+                 "--heldout", f"set={pairs}", "--budgets", "0,1000000", "--retrieval", "--max-pairs", "12",
+                 "--prefix", "", "--out", str(tmp_path)]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "bench_trim.csv")))
+    assert [r["budget"] for r in rows] == ["shards only", "1000000"]
+    assert int(rows[0]["pieces"]) < int(rows[1]["pieces"])
+    assert float(rows[0]["set_coverage"]) < float(rows[1]["set_coverage"]) == 1.0
+    assert float(rows[1]["set_minus_untrimmed"]) == 0.0  # everything covered: the same retrieval
+    cov = json.loads((tmp_path / "bench_trim.json").read_text())["coverage_per_language"]["set"]
+    assert cov["1000000"]["en"] == 1.0 > cov["0"]["en"]

@@ -282,7 +282,8 @@ def test_every_tensorboard_tag_in_the_readme_exists(shards, tmp_path):
     code, log = finish(launch("torchrun", out, shards, "--run.max_steps=4", "--run.log_interval=1",
                               "--loss.logit_weight=1.0", "--loss.mlm_weight=0.5", "--loss.embedding_weight=0.1",
                               "--student.freeze_embeddings=false", "--loss.pooled_weight=0.5",
-                              "--loss.relation_weight=0.5", f"--eval.pairs={pairs}", "--eval.interval=2"))
+                              "--loss.relation_weight=0.5", f"--eval.pairs={pairs}", "--eval.interval=2",
+                              f"--eval.sets.ood.pairs={pairs}"))  # for `eval/<name>/...`
     assert code == 0, log[-3000:]
     ev = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
     ev.Reload()
@@ -290,7 +291,7 @@ def test_every_tensorboard_tag_in_the_readme_exists(shards, tmp_path):
     gpu_only = {"memory/gpu_peak_gib", "perf/mfu"}
     want = readme_tags()
     assert "data/skipped_batches" in want and "eval/retrieval/mean" in want, want
-    missing = {t.replace("<lang>", "de") for t in want - gpu_only} - have
+    missing = {t.replace("<lang>", "de").replace("<name>", "ood") for t in want - gpu_only} - have
     assert not missing, f"README names tags no run writes: {sorted(missing)} (have {sorted(have)})"
 
 

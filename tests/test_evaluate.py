@@ -180,3 +180,19 @@ def test_xnli_one_stream_evaluation_equals_a_per_language_loop(tiny_encoder, tmp
         want = pred.eq(torch.tensor([r["label"] for r in rows])).float().mean().item()
         assert got[lang] == pytest.approx(want), lang
     assert got["transfer_gap"] == pytest.approx(got["en"] - sum(got[k] for k in WORDS if k != "en") / 3)
+
+
+def test_held_out_set_specs_and_the_worst_language():
+    import pytest
+
+    from lightmbert.evaluation import parse_set, worst_share
+    assert parse_set("ood=/d/heldout_ood.jsonl@de,hi") == ("ood", "/d/heldout_ood.jsonl", ["de", "hi"])
+    assert parse_set("ood=/d/x.jsonl", ["ar"]) == ("ood", "/d/x.jsonl", ["ar"])
+    assert parse_set("/d/heldout.jsonl") == ("heldout", "/d/heldout.jsonl", None)
+    assert parse_set("/d/heldout.jsonl@de") == ("heldout", "/d/heldout.jsonl", ["de"])
+    with pytest.raises(ValueError, match="NAME=PATH"):
+        parse_set("ood=")
+    teacher = {"de": {"mean": 0.9}, "hi": {"mean": 0.8}, "mean": {"mean": 0.85}}
+    student = {"de": {"mean": 0.95}, "hi": {"mean": 0.7}, "mean": {"mean": 0.825}}
+    lang, share = worst_share(student, teacher)
+    assert lang == "hi" and abs(share - 0.875) < 1e-12

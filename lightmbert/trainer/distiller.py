@@ -138,7 +138,7 @@ class Distiller:
                                cfg.engine.grad_accum, run.max_bad_steps, run.trace, [], self.stop, self._log,
                                self.rank, control)
         self.live_eval = None
-        if cfg.eval.pairs:
+        if cfg.eval.enabled:  # eval.pairs and/or eval.sets
             from .live_eval import LiveEval
             self.live_eval = LiveEval(cfg.eval, self.manifest, self.rank, self.world, self.device)
 
@@ -152,7 +152,10 @@ class Distiller:
                 self._log(f"checkpoint written by {client['saved_world']} rank(s), resumed on {self.world}")
             self.stepper.load_state(client)
             if self.live_eval is not None:
-                self.live_eval.load_state_dict(client.get("eval", {}))
+                fresh = self.live_eval.load_state_dict(client.get("eval", {}))
+                if fresh:  # e.g. an eval.sets entry added for this resume: no step-0 value for it
+                    self._log(f"live eval: no baseline in the checkpoint for {', '.join(fresh)}: "
+                              f"its first evaluation from here on is the baseline its drop guard uses")
             self._log(f"resumed from {client['tag']} (step {self.step})")
         self.loader = build_loader(cfg.data, self.manifest["tokenizer"]["pad_id"], run.seed, self.rank,
                                    self.world, mask_id=mask_id(self.manifest) if cfg.loss.mlm_weight > 0 else None)
@@ -194,19 +197,20 @@ class Distiller:
                                output_hidden_states=True)
         return out.hidden_states, self.t_capture.pop_all()
 
-    def _evaluate(self) -> bool:
-        """Live retrieval on every rank (sharded); rank 0 logs. True when the drop alarm is up."""
+    def _evaluate(self) -> list[str]:
+        """Live retrieval of every set on every rank (one sharded pass); rank 0 logs. The sets
+        whose drop alarm is up (every rank computes the same scores, so agrees on them)."""
         # the bare encoder: a *ForMaskedLM student's own output has no last_hidden_state
-        res, secs = self.live_eval.run(encoder_of(self.module.student))
-        alarm = self.live_eval.guard.update(res["mean"]["mean"])
-        self.metrics.evaluation(self.step, res, self.live_eval.guard, alarm, secs)
-        return alarm
+        results, secs = self.live_eval.run(encoder_of(self.module.student))
+        alarmed = self.live_eval.update(results, self.step)
+        self.metrics.evaluation(self.step, results, self.live_eval.guards, alarmed, secs)
+        return alarmed
 
     # ------------------------------------------------------------------ training
     def train(self) -> int:
         run = self.cfg.run
         data_iter = iter(self.loader)
-        if self.live_eval is not None and self.step == 0 and self.live_eval.guard.baseline is None:
+        if self.live_eval is not None and self.step == 0 and self.live_eval.needs_baseline():
             self._evaluate()  # the "before" point
         while self.step < run.max_steps:
             t0 = time.perf_counter()
@@ -220,12 +224,12 @@ class Distiller:
             scalars["data/skipped_batches"] = self.stepper.skipped
             self.metrics.step(self.step, scalars, out["tokens"], out["samples"], dt, Counter(out["langs"]))
             self.records.trace(self.step, out["terms"]["total"], out["batch_sha256"], out["rows"])
-            alarm = (self.live_eval is not None and self.live_eval.due(self.step, run.max_steps)
-                     and self._evaluate())
-            if alarm and self.cfg.eval.stop_on_drop:
+            due = self.live_eval is not None and self.live_eval.due(self.step, run.max_steps)
+            alarmed = self._evaluate() if due else []
+            if alarmed and self.cfg.eval.stop_on_drop:
                 tag = self.ckpt.save(self.engine, self.step, self.state())
-                self._log(f"eval.stop_on_drop: live retrieval stayed below the step-0 value; checkpoint "
-                          f"{tag} written; exiting with {EXIT_QUALITY}")
+                self._log(f"eval.stop_on_drop: live retrieval of {', '.join(alarmed)} stayed below its "
+                          f"baseline; checkpoint {tag} written; exiting with {EXIT_QUALITY}")
                 self.metrics.close()
                 return EXIT_QUALITY
             if self.stepper.stop_agreed:  # every rank saw the same reduced flag in this step

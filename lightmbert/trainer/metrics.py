@@ -74,28 +74,43 @@ class Metrics:
         else:
             print(line, flush=True)
 
-    def evaluation(self, step: int, res: dict, guard, alarm: bool, seconds: float) -> None:
-        """Live retrieval (lightmbert.evaluation.retrieval's dict) → `eval/retrieval/<lang>`, `.../mean`,
-        `eval/retrieval/drop` (step-0 value − now), `eval/alarm`, `eval/seconds`."""
+    def evaluation(self, step: int, results: dict[str, dict], guards: dict, alarmed: list[str],
+                   seconds: float) -> None:
+        """Live retrieval, per set (lightmbert.evaluation.retrieval's dict) → `<prefix>/<lang>`,
+        `<prefix>/mean`, `<prefix>/drop` (step-0 value − now), where the prefix is `eval/retrieval`
+        for eval.pairs' set (its tags from before eval.sets) and `eval/<name>/retrieval` for
+        eval.sets.<name>; one `eval/alarm` (1 when any set's guard is up) and `eval/seconds`."""
         if self.rank != 0:
             return
-        mean = res["mean"]["mean"]
-        for lang, r in res.items():
-            self.writer.add_scalar(f"eval/retrieval/{lang}", r["mean"], step)
-        drop = guard.baseline - mean if guard.baseline is not None else 0.0
-        self.writer.add_scalar("eval/retrieval/drop", drop, step)
-        self.writer.add_scalar("eval/alarm", float(alarm), step)
+        from .live_eval import HELDOUT
+        for i, (name, res) in enumerate(results.items()):
+            guard, mean = guards[name], res["mean"]["mean"]
+            prefix = "eval/retrieval" if name == HELDOUT else f"eval/{name}/retrieval"
+            for lang, r in res.items():
+                self.writer.add_scalar(f"{prefix}/{lang}", r["mean"], step)
+            self.writer.add_scalar(f"{prefix}/drop", guard.baseline - mean, step)
+            worst = sorted((r["mean"], k) for k, r in res.items() if k != "mean")[:3]
+            label = "" if name == HELDOUT else f"{name} "
+            self._print(f"[eval] step {step:>7} | {label}retrieval {mean:.4f} "
+                        f"(step {guard.baseline_step}: {guard.baseline:.4f}, "
+                        f"{mean - guard.baseline:+.4f}) | lowest " + ", ".join(f"{k} {v:.3f}" for v, k in worst)
+                        + f" | {len(res) - 1} languages"
+                        # one pass encodes every set: its time goes on the last set's line
+                        + ("" if i < len(results) - 1 else
+                           f", {seconds:.1f} s" + (f" for {len(results)} sets" if len(results) > 1 else "")))
+        self.writer.add_scalar("eval/alarm", float(bool(alarmed)), step)
         self.writer.add_scalar("eval/seconds", seconds, step)
-        worst = sorted((r["mean"], k) for k, r in res.items() if k != "mean")[:3]
-        self._print(f"[eval] step {step:>7} | retrieval {mean:.4f} (step 0: {guard.baseline:.4f}, "
-                    f"{mean - guard.baseline:+.4f}) | lowest " + ", ".join(f"{k} {v:.3f}" for v, k in worst)
-                    + f" | {len(res) - 1} languages, {seconds:.1f} s")
-        if alarm:
-            msg = (f"ALARM at step {step}: held-out retrieval {mean:.4f} is {drop:.4f} below its step-0 "
-                   f"value {guard.baseline:.4f} (more than eval.max_drop={guard.max_drop}) for "
-                   f"{guard.below} evaluations in a row. The loss may still be falling: this recipe is "
-                   f"losing the teacher's cross-lingual ability. Consider a lower lr, "
-                   f"sentence-level relation losses, or eval.stop_on_drop: true.")
+        if alarmed:
+            g = guards[alarmed[0]]  # max_drop and patience are the same for every set
+            which = "; ".join(
+                f"{'eval.pairs' if n == HELDOUT else f'eval.sets.{n}'} ({n}): {results[n]['mean']['mean']:.4f} "
+                f"vs {guards[n].baseline:.4f} at step {guards[n].baseline_step} "
+                f"({results[n]['mean']['mean'] - guards[n].baseline:+.4f}, {guards[n].below} evaluations "
+                f"in a row)" for n in alarmed)
+            msg = (f"ALARM at step {step}: held-out retrieval is more than eval.max_drop={g.max_drop} below its "
+                   f"baseline for {g.patience}+ evaluations in a row on {len(alarmed)} set(s): {which}. "
+                   f"The loss may still be falling: this recipe is losing the teacher's cross-lingual "
+                   f"ability. Consider a lower lr, sentence-level relation losses, or eval.stop_on_drop: true.")
             bar = "!" * 100
             self._print(f"{bar}\n{msg}\n{bar}")
             self.writer.add_text("eval/alarm", msg, step)
