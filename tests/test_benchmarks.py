@@ -167,6 +167,8 @@ def test_bench_student_tiny(tmp_path):
     assert "| student-trimmed-int8 | ONNX Runtime int8 |" in (tmp_path / "bench_student.md").read_text()
     # every row is scored on each held-out set; the second set (ru only) has its own column
     assert all(0 <= float(r["retrieval_other"]) <= 1 for r in rows)
+    assert rows[0]["worst_other"] == "ru 1.000" and rows[0]["worst_heldout"].endswith(" 1.000")  # the teacher itself
+    assert all(r["worst_heldout"].split()[0] in ("de", "ru") for r in rows)
     per_lang = json.loads((tmp_path / "bench_student.json").read_text())
     assert set(per_lang["student / torch"]["other"]) == {"ru", "mean"}
     assert set(per_lang["student / torch"]["heldout"]) == {"de", "ru", "mean"}
