@@ -71,7 +71,7 @@ VARIANT ?= lightmbert
 DEMO_OVERRIDES_lightmbert :=
 # monolingual text only (the paper's setting): no translation pairs; the best monolingual
 # recipe of configs/sweep/monolingual.yaml (in-batch relation MSE, lr 2e-4), 32 sequences per
-# rank per step (the sequences the default variant spends on 16 + 8 pairs)
+# rank per step (the sequences the default variant spends on 8 + 12 pairs)
 DEMO_OVERRIDES_monolingual := --data.parallel=false --loss.relation=mse --optim.lr=2e-4 --data.micro_batch_size=32
 DEMO_OVERRIDES_unfrozen := --student.freeze_embeddings=false
 DEMO_OVERRIDES_random := --student.init=random --student.freeze_embeddings=false

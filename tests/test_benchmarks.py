@@ -165,13 +165,23 @@ def test_bench_student_tiny(tmp_path):
                for r in rows)
     assert (tmp_path / "bench_student.png").stat().st_size > 1000
     assert "| student-trimmed-int8 | ONNX Runtime int8 |" in (tmp_path / "bench_student.md").read_text()
-    # every row is scored on each held-out set; the second set (ru only) has its own column
-    assert all(0 <= float(r["retrieval_other"]) <= 1 for r in rows)
+    # every row is scored on the first set; the second set (ru only) has its own column, left
+    # empty in the two ONNX fp32 parity rows (same weights as the PyTorch rows above them)
+    parity = [(r["model"], r["runtime"]) in {("teacher", "ONNX Runtime fp32"), ("student", "ONNX Runtime fp32")}
+              for r in rows]
+    assert parity == [False, True, False, True, False, False]
+    assert all(0 <= float(r["retrieval_other"]) <= 1 for r, p in zip(rows, parity) if not p)
+    assert [r["retrieval_other"] for r, p in zip(rows, parity) if p] == ["", ""]
+    assert [r["worst_other"] for r, p in zip(rows, parity) if p] == ["—", "—"]
     assert rows[0]["worst_other"] == "ru 1.000" and rows[0]["worst_heldout"].endswith(" 1.000")  # the teacher itself
     assert all(r["worst_heldout"].split()[0] in ("de", "ru") for r in rows)
+    assert "| — | — |" in (tmp_path / "bench_student.md").read_text()
     per_lang = json.loads((tmp_path / "bench_student.json").read_text())
     assert set(per_lang["student / torch"]["other"]) == {"ru", "mean"}
     assert set(per_lang["student / torch"]["heldout"]) == {"de", "ru", "mean"}
+    assert set(per_lang["student / onnx"]) == {"heldout"}
+    # the parity check holds: ONNX fp32 scores the first set as PyTorch does
+    assert abs(float(rows[3]["retrieval"]) - float(rows[2]["retrieval"])) <= 0.02
 
 
 def _dist(site, name, version, *requires):

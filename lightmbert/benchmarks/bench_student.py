@@ -8,7 +8,9 @@ and int8 (lightmbert.deploy.onnx_export): parameters, size on disk, peak RSS aft
 p50/p95 at batch 1 × 24 tokens, throughput at batch 32 × 128, and held-out retrieval (mean
 top-1 over languages and both directions) on each held-out set (`--pairs` repeated: e.g. the
 demo's in-domain pairs and the out-of-domain LibreOffice help; `retrieval` is the first set's,
-`retrieval_<name>` the others'). Each row runs in a fresh process (peak RSS: Python
+`retrieval_<name>` the others'; the teacher's and the student's ONNX fp32 rows are a runtime
+parity check, scored on the first set only — on the demo's sets they equal PyTorch's to 4
+decimals, and the second set would add ≈ 1.3 min to `make demo`). Each row runs in a fresh process (peak RSS: Python
 + that runtime + the model, after one forward pass), all on the same number of threads. Writes bench_student.csv, .md and .png (retrieval vs size and
 vs latency) into --out. `--tiny`: tiny random models on the synthetic corpus (a smoke test).
 """
@@ -164,9 +166,11 @@ def markdown(rows: list[dict], threads: int, sets: dict[str, str]) -> str:
             + " |\n|---|---|---|---|---|---|---|" + "---|---|" * len(cols) + "\n")
     body = "".join(f"| {r['model']} | {r['runtime']} | {r['params_m']} | {r['disk_mb']} | {r['rss_mb']} | "
                    f"{r['p50_ms']} / {r['p95_ms']} | {r['seq_s_32x128']} | "
-                   + " | ".join(f"{r[c]:.3f} | {r[f'worst_{n}']}" for c, n in zip(cols, names)) + " |\n" for r in rows)
+                   + " | ".join(f"{r[c]:.3f} | {r[f'worst_{n}']}" if c in r else "— | —" for c, n in zip(cols, names))
+                   + " |\n" for r in rows)
     return head + body + ("\nRetrieval (mean top-1, both directions; worst language: the smallest share of the "
                           "teacher's, PyTorch fp32): " + "; ".join(f"{k}: {v}" for k, v in sets.items())
+                          + ("; —: an ONNX fp32 parity row, scored on the first set only" if len(names) > 1 else "")
                           + f". CPU, {threads} thread(s), one run; each row in a fresh process; peak RSS of that process "
                           f"after loading and one forward pass (Python + its runtime + the model).\n")
 
@@ -242,8 +246,10 @@ def main(argv=None) -> int:
                 ("student-trimmed", "onnx", onnx["trimmed"]), ("student-trimmed-int8", "onnx-int8", onnx["trimmed"])]
         rows, per_lang = [], {}
         for model, kind, path in plan:
+            parity = kind == "onnx" and model in ("teacher", "student")  # same weights as a PyTorch row
             cmd = [sys.executable, "-m", "lightmbert.benchmarks.bench_student", "--measure", kind, str(path),
-                   *(a for spec in args.pairs for a in ("--pairs", spec)), "--languages", languages,
+                   *(a for spec in args.pairs[:1 if parity else None] for a in ("--pairs", spec)),
+                   "--languages", languages,
                    "--inputs", parse_set(args.pairs[0])[1],
                    "--max-pairs", str(args.max_pairs), "--prefix", args.prefix, "--threads", str(args.threads)]
             env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
@@ -273,7 +279,10 @@ def main(argv=None) -> int:
         t = per_lang["teacher", "torch"][name]
         for row, (model, kind, _) in zip(rows, plan):
             # the language with the smallest share of the teacher's retrieval (PyTorch fp32)
-            r = per_lang[model, kind][name]
+            r = per_lang[model, kind].get(name)
+            if r is None:  # a parity row, scored on the first set only
+                row[f"worst_{name}"] = "—"
+                continue
             lang, share = worst_share({k: {"mean": v} for k, v in r.items()}, {k: {"mean": v} for k, v in t.items()})
             row[f"worst_{name}"] = f"{lang} {share:.3f}"
             if model in ("student", "student-trimmed-int8") and kind != "onnx":
