@@ -58,8 +58,8 @@ def test_live_eval_equals_offline_retrieval(tmp_path, monkeypatch, world):
     torch.manual_seed(0)
     model = BertModel(BertConfig(vocab_size=400, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                  intermediate_size=64), add_pooling_layer=False).train()
-    pairs = write_pairs(tmp_path / "p.jsonl", n=23)   # 2 × 2 × 20 texts + the second set's 2 × 7
-    ood = write_pairs(tmp_path / "ood.jsonl", n=9, seed=1)  # = 94: not a multiple of 3
+    pairs = write_pairs(tmp_path / "p.jsonl", n=23)   # 3 × 20 distinct texts (en recurs in de and ru)
+    ood = write_pairs(tmp_path / "ood.jsonl", n=9, seed=1)  # + the second set's 2 × 7: not a multiple of 3
     manifest = {"packing": {"prefix": ""}, "seq_len": 32, "tokenizer": {"name": str(tok_dir)}}
     cfg = EvalConfig(pairs=str(pairs), max_pairs=20,
                      sets={"ood": EvalSetConfig(pairs=str(ood), languages=["de"], max_pairs=7)})
@@ -76,8 +76,11 @@ def test_live_eval_equals_offline_retrieval(tmp_path, monkeypatch, world):
     monkeypatch.setattr(le, "encode", lambda m, t, texts, *a: encoded.append(len(texts)) or encode(m, t, texts, *a))
     got, secs = evals[0].run(model)
     assert model.training, "the student must be back in train mode"
-    # one pass for both sets: one gather (world 3), one encode call of every text (world 1)
-    assert passes == ([-(-94 // 3)] if world > 1 else []) and (world > 1 or encoded == [94])
+    # one pass for both sets: one gather (world 3), one encode call of every distinct text (world 1)
+    distinct = {t for p in load_pairs(pairs, None, 20).values() for pr in p for t in pr} \
+        | {t for p in load_pairs(ood, ["de"], 7).values() for pr in p for t in pr}
+    assert len(distinct) == 60 + 14 and sorted(evals[0].texts) == sorted(distinct)
+    assert passes == ([-(-74 // 3)] if world > 1 else []) and (world > 1 or encoded == [74])
     assert list(got) == [HELDOUT, "ood"]
     tok = AutoTokenizer.from_pretrained(tok_dir)
     for name, path, langs, n in ((HELDOUT, pairs, None, 20), ("ood", ood, ["de"], 7)):

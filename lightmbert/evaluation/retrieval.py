@@ -84,8 +84,7 @@ def retrieval(model, tokenizer, pairs: dict[str, list[tuple[str, str]]], prefix:
     """language → {en2x, x2en, mean} top-1 accuracy; plus "mean" over languages. With `layers`:
     {layer: that dict} for each layer's mean-pooled hidden state, from one pass. `progress`:
     a bar on a terminal, a log line every 10% otherwise."""
-    total = sum(2 * len(v) for v in pairs.values())
-    bar = Progress(total, desc, "texts") if progress else None
+    bar = Progress(len(distinct_texts(pairs)), desc, "texts") if progress else None
     embed = embedder(model, tokenizer, prefix, batch_size, bar, layers)
     try:
         out = retrieval_of(embed, pairs, keys=layers or (None,))
@@ -95,16 +94,30 @@ def retrieval(model, tokenizer, pairs: dict[str, list[tuple[str, str]]], prefix:
     return out if layers is not None else out[None]
 
 
+def distinct_texts(pairs: dict[str, list[tuple[str, str]]]) -> dict[str, int]:
+    """Every text of `pairs` once (English sides, then translations, first seen first) → its
+    row. The English side of an item recurs in each of its languages: ~40% of the demo's texts."""
+    texts: dict[str, int] = {}
+    for side in (0, 1):
+        for items in pairs.values():
+            for p in items:
+                texts.setdefault(p[side], len(texts))
+    return texts
+
+
 def retrieval_of(embed, pairs: dict[str, list[tuple[str, str]]], keys: tuple | None = None) -> dict:
     """`retrieval` for any encoder: `embed(texts)` gives L2-normalised [N, d] vectors (or, with
-    `keys`, {key: [N, d]}; the result is then {key: scores})."""
+    `keys`, {key: [N, d]}; the result is then {key: scores}). One call encodes each distinct
+    text once (an encoder sorts them by length: one pool, less padding)."""
+    texts = distinct_texts(pairs)
+    vecs = embed(list(texts))
+    if keys is None:
+        vecs = {None: vecs}
     out: dict = {k: {} for k in (keys or (None,))}
     for lang, items in pairs.items():
-        en, x = embed([e for e, _ in items]), embed([t for _, t in items])
-        if keys is None:
-            en, x = {None: en}, {None: x}
+        en, x = torch.tensor([texts[e] for e, _ in items]), torch.tensor([texts[t] for _, t in items])
         for k, res in out.items():
-            res[lang] = scores(en[k], x[k], len(items))
+            res[lang] = scores(vecs[k][en], vecs[k][x], len(items))
     for res in out.values():
         add_mean(res)
     return out if keys is not None else out[None]

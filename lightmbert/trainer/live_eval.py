@@ -31,7 +31,7 @@ from torch import nn
 
 from lightmbert.configs import EvalConfig
 from lightmbert.evaluation.encoders import encode
-from lightmbert.evaluation.retrieval import add_mean, load_pairs, scores
+from lightmbert.evaluation.retrieval import add_mean, distinct_texts, load_pairs, scores
 
 
 class DropGuard:
@@ -102,10 +102,16 @@ class LiveEval:
         self.prefix = cfg.prefix if cfg.prefix is not None else manifest.get("packing", {}).get("prefix", "")
         self.max_length = manifest["seq_len"]
         self.tokenizer = eval_tokenizer(manifest["tokenizer"]["name"])
-        # one flat list of every set's texts, so that all sets go through the student in one
-        # sharded pass: per set, per language its English sides, then its translations
-        self.texts = [t for sets in self.pairs.values() for items in sets.values()
-                      for side in (0, 1) for t in (p[side] for p in items)]
+        # one list of every set's distinct texts, so that all sets go through the student in one
+        # sharded pass, each text once (an English side recurs in each of its languages)
+        rows: dict[str, int] = {}
+        for sets in self.pairs.values():
+            for t in distinct_texts(sets):
+                rows.setdefault(t, len(rows))
+        self.texts = list(rows)
+        # set → language → (rows of its English sides, rows of its translations)
+        self.rows = {name: {lang: (torch.tensor([rows[e] for e, _ in items]), torch.tensor([rows[x] for _, x in items]))
+                            for lang, items in sets.items()} for name, sets in self.pairs.items()}
         per = -(-len(self.texts) // world)
         self.slice = (rank * per, (rank + 1) * per)
         self.per_rank = per
@@ -147,15 +153,8 @@ class LiveEval:
             vecs = self._vectors(student)
         finally:
             student.train(was_training)
-        out, i = {}, 0
-        for name, sets in self.pairs.items():  # the flat list's order
-            res = {}
-            for lang, items in sets.items():
-                n = len(items)
-                en, x = vecs[i:i + n], vecs[i + n:i + 2 * n]
-                res[lang] = scores(en, x, n)
-                i += 2 * n
-            out[name] = add_mean(res)
+        out = {name: add_mean({lang: scores(vecs[en], vecs[x], len(en)) for lang, (en, x) in langs.items()})
+               for name, langs in self.rows.items()}
         return out, time.perf_counter() - t0
 
     def update(self, results: dict[str, dict], step: int) -> list[str]:
