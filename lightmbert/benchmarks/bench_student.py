@@ -10,7 +10,7 @@ top-1 over languages and both directions) on each held-out set (`--pairs` repeat
 demo's in-domain pairs and the out-of-domain LibreOffice help; `retrieval` is the first set's,
 `retrieval_<name>` the others'; the teacher's and the student's ONNX fp32 rows are a runtime
 parity check, scored on the first set only — on the demo's sets they equal PyTorch's to 4
-decimals, and the second set would add ≈ 1.3 min to `make demo`). Each row runs in a fresh process (peak RSS: Python
+decimals, and the second set added ≈ 1.3 min to `make demo` before held-out texts were de-duplicated). Each row runs in a fresh process (peak RSS: Python
 + that runtime + the model, after one forward pass), all on the same number of threads. Writes bench_student.csv, .md and .png (retrieval vs size and
 vs latency) into --out. `--tiny`: tiny random models on the synthetic corpus (a smoke test).
 """

@@ -31,7 +31,7 @@ from torch import nn
 
 from lightmbert.configs import EvalConfig
 from lightmbert.evaluation.encoders import encode
-from lightmbert.evaluation.retrieval import add_mean, distinct_texts, load_pairs, scores
+from lightmbert.evaluation.retrieval import distinct_texts, load_pairs, retrieval_of
 
 
 class DropGuard:
@@ -102,16 +102,11 @@ class LiveEval:
         self.prefix = cfg.prefix if cfg.prefix is not None else manifest.get("packing", {}).get("prefix", "")
         self.max_length = manifest["seq_len"]
         self.tokenizer = eval_tokenizer(manifest["tokenizer"]["name"])
-        # one list of every set's distinct texts, so that all sets go through the student in one
+        # every set's distinct texts → their row, so that all sets go through the student in one
         # sharded pass, each text once (an English side recurs in each of its languages)
-        rows: dict[str, int] = {}
-        for sets in self.pairs.values():
-            for t in distinct_texts(sets):
-                rows.setdefault(t, len(rows))
-        self.texts = list(rows)
-        # set → language → (rows of its English sides, rows of its translations)
-        self.rows = {name: {lang: (torch.tensor([rows[e] for e, _ in items]), torch.tensor([rows[x] for _, x in items]))
-                            for lang, items in sets.items()} for name, sets in self.pairs.items()}
+        self.row = {t: i for i, t in enumerate(dict.fromkeys(
+            t for sets in self.pairs.values() for t in distinct_texts(sets)))}
+        self.texts = list(self.row)
         per = -(-len(self.texts) // world)
         self.slice = (rank * per, (rank + 1) * per)
         self.per_rank = per
@@ -153,8 +148,9 @@ class LiveEval:
             vecs = self._vectors(student)
         finally:
             student.train(was_training)
-        out = {name: add_mean({lang: scores(vecs[en], vecs[x], len(en)) for lang, (en, x) in langs.items()})
-               for name, langs in self.rows.items()}
+        # each set scored as lightmbert.evaluation scores it, its texts looked up in the pass
+        out = {name: retrieval_of(lambda texts: vecs[[self.row[t] for t in texts]], sets)
+               for name, sets in self.pairs.items()}
         return out, time.perf_counter() - t0
 
     def update(self, results: dict[str, dict], step: int) -> list[str]:
