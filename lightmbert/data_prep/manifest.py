@@ -18,7 +18,9 @@ IDENTITY = ".identity.json"
 
 
 def write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    # a temporary name of this writer's own: Slurm array tasks write the same identity file
+    # at once, and with one shared name one task's rename took the other's file away
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
