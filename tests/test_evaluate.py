@@ -196,6 +196,13 @@ def test_held_out_set_specs_and_the_worst_language():
     student = {"de": {"mean": 0.95}, "hi": {"mean": 0.7}, "mean": {"mean": 0.825}}
     lang, share = worst_share(student, teacher)
     assert lang == "hi" and abs(share - 0.875) < 1e-12
+    # a language the teacher scores 0 on (a tiny random teacher can; CI saw one): matching it
+    # keeps all of it, never "0% of the teacher" — the teacher against itself is 1.0 everywhere
+    teacher["ru"] = student["ru"] = {"mean": 0.0}
+    assert worst_share(student, teacher) == ("hi", share)
+    assert worst_share(teacher, teacher) == ("de", 1.0)
+    student["ru"] = {"mean": 0.1}
+    assert worst_share(student, teacher) == ("hi", share)
 
 
 def test_each_distinct_text_is_encoded_once_and_scores_equal_a_per_language_loop(tiny_encoder):

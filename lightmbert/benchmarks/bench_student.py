@@ -223,7 +223,7 @@ def main(argv=None) -> int:
                                  args.max_pairs, args.prefix, args.threads, args.inputs)))
         return 0
     from lightmbert.deploy.onnx_export import export
-    from lightmbert.evaluation.retrieval import parse_set, worst_share
+    from lightmbert.evaluation.retrieval import parse_set, share, worst_share
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
         if args.tiny:
@@ -283,11 +283,11 @@ def main(argv=None) -> int:
             if r is None:  # a parity row, scored on the first set only
                 row[f"worst_{name}"] = "—"
                 continue
-            lang, share = worst_share({k: {"mean": v} for k, v in r.items()}, {k: {"mean": v} for k, v in t.items()})
-            row[f"worst_{name}"] = f"{lang} {share:.3f}"
+            lang, worst = worst_share({k: {"mean": v} for k, v in r.items()}, {k: {"mean": v} for k, v in t.items()})
+            row[f"worst_{name}"] = f"{lang} {worst:.3f}"
             if model in ("student", "student-trimmed-int8") and kind != "onnx":
-                print(f"  {name}: {model} {r['mean']:.4f} = {r['mean'] / max(t['mean'], 1e-9):.1%} of the teacher "
-                      f"(worst {lang} {share:.1%})")
+                print(f"  {name}: {model} {r['mean']:.4f} = {share(r['mean'], t['mean']):.1%} of the teacher "
+                      f"(worst {lang} {worst:.1%})")
         print(f"  {name}: trimmed int8 − student fp32 = {rows[-1][col] - rows[2][col]:+.4f}, "
               f"trimmed fp32 − student fp32 = {rows[4][col] - rows[2][col]:+.4f}")
     (args.out / "bench_student.json").parent.mkdir(parents=True, exist_ok=True)

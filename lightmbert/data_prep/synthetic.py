@@ -17,16 +17,27 @@ WORDS = {
 
 
 def make_tokenizer(out_dir: Path, extra_text: list[str] = ()) -> Path:
-    """A BERT-style WordPiece tokenizer trained on WORDS; saved as an HF directory."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    """A BERT-style WordPiece tokenizer over WORDS (+ extra_text); saved as an HF directory.
+
+    The vocabulary is written out, not trained: tokenizers' WordPiece trainer breaks ties between
+    equally frequent merges in hash-map order, so each process got a different vocabulary and the
+    tiny models built on it gave different numbers from run to run (a teacher scoring 0 on one
+    language in one CI run). Here it is fixed: the special tokens, every character alone and as a
+    continuation (`##c`), then every word — each word is one piece, any other word is spelled out.
+    """
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=400, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    norm = normalizers.BertNormalizer(lowercase=True)
     text = [" ".join(ws) for ws in WORDS.values()] + list(extra_text)
-    tok.train_from_iterator(text * 5, trainer)
+    words = dict.fromkeys(w for t in text for w, _ in pre_tokenizers.BertPreTokenizer().pre_tokenize_str(
+        norm.normalize_str(t)))
+    chars = sorted({c for w in words for c in w})
+    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars),
+              *(w for w in words if len(w) > 1)]
+    tok = Tokenizer(models.WordPiece({p: i for i, p in enumerate(pieces)}, unk_token="[UNK]"))
+    tok.normalizer = norm
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.post_processor = processors.BertProcessing(("[SEP]", tok.token_to_id("[SEP]")),
                                                    ("[CLS]", tok.token_to_id("[CLS]")))
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",

@@ -59,10 +59,10 @@ def load_sweep(path: Path) -> dict:
 def judge(res: dict, teacher: dict) -> tuple[float, float, str]:
     """(mean, mean / teacher's mean, "lang share") of the language with the lowest share of
     the teacher's retrieval."""
-    from lightmbert.evaluation import worst_share
+    from lightmbert.evaluation import share, worst_share
     acc = res["mean"]["mean"]
-    lang, share = worst_share(res, teacher)
-    return acc, acc / max(teacher["mean"]["mean"], 1e-9), f"{lang} {share:.3f}"
+    lang, worst = worst_share(res, teacher)
+    return acc, share(acc, teacher["mean"]["mean"]), f"{lang} {worst:.3f}"
 
 
 def first_last_loss(run_dir: Path) -> tuple[float, float]:

@@ -12,8 +12,9 @@ from `trainer/` (tested), only `lightmbert.data_prep.progress`.
 """
 from .encoders import default_device, encode, load_encoder, truncated
 from .pooling import mean_pool
-from .retrieval import format_table, load_pairs, parse_set, retrieval, top1, worst_share, write_tables
+from .retrieval import (format_table, load_pairs, parse_set, retrieval, share, top1, worst_share,
+                        write_tables)
 from .transfer import fit_logreg, load_topic_items, transfer
 
 __all__ = ["default_device", "encode", "load_encoder", "truncated", "mean_pool", "format_table",
-           "load_pairs", "parse_set", "retrieval", "top1", "worst_share", "write_tables", "fit_logreg", "load_topic_items", "transfer"]
+           "load_pairs", "parse_set", "retrieval", "share", "top1", "worst_share", "write_tables", "fit_logreg", "load_topic_items", "transfer"]

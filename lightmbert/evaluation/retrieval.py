@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -54,9 +55,16 @@ def parse_set(spec: str, default_languages: list[str] | None = None) -> tuple[st
     return name, path, languages
 
 
+def share(x: float, of: float) -> float:
+    """x as a share of the reference `of`. Where the reference scores 0 (a tiny or random teacher
+    can), a score of 0 keeps all of it (1.0) and anything above it more (inf) — never 0, which
+    would name a language the student matches as its worst."""
+    return x / of if of > 0 else (1.0 if x <= 0 else math.inf)
+
+
 def worst_share(res: dict, teacher: dict) -> tuple[str, float]:
     """(language, share) of the language whose retrieval is the smallest share of the teacher's."""
-    shares = {k: v["mean"] / max(teacher[k]["mean"], 1e-9) for k, v in res.items() if k != "mean"}
+    shares = {k: share(v["mean"], teacher[k]["mean"]) for k, v in res.items() if k != "mean"}
     lang = min(shares, key=shares.get)
     return lang, shares[lang]
 
