@@ -28,16 +28,15 @@ def make_tokenizer(out_dir: Path, extra_text: list[str] = ()) -> Path:
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    norm = normalizers.BertNormalizer(lowercase=True)
+    norm, pre = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
     text = [" ".join(ws) for ws in WORDS.values()] + list(extra_text)
-    words = dict.fromkeys(w for t in text for w, _ in pre_tokenizers.BertPreTokenizer().pre_tokenize_str(
-        norm.normalize_str(t)))
+    words = dict.fromkeys(w for t in text for w, _ in pre.pre_tokenize_str(norm.normalize_str(t)))
     chars = sorted({c for w in words for c in w})
     pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars),
               *(w for w in words if len(w) > 1)]
     tok = Tokenizer(models.WordPiece({p: i for i, p in enumerate(pieces)}, unk_token="[UNK]"))
     tok.normalizer = norm
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.pre_tokenizer = pre
     tok.post_processor = processors.BertProcessing(("[SEP]", tok.token_to_id("[SEP]")),
                                                    ("[CLS]", tok.token_to_id("[CLS]")))
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from lightmbert.evaluation import (default_device, format_table, load_encoder, load_pairs, load_topic_items, parse_set,
-                                   retrieval, share as share_of, transfer, worst_share, write_tables)
+                                   retrieval, share, transfer, worst_share, write_tables)
 
 XNLI_OTHER = "ar bg de el es fr hi ru sw th tr ur vi zh".split()
 GOAL_MEAN, GOAL_WORST = 0.97, 0.93  # of the teacher's retrieval: the mean, and every language
@@ -45,11 +45,11 @@ def plot(results: dict[str, dict], path: Path, title: str = "held-out pairs") ->
 def judge(ret: dict[str, dict], names: list[str]) -> dict:
     """One set's summary: means, the student's share of the teacher's (mean and worst language)."""
     teacher, after = ret[names[0]], ret[names[2]]
-    share = share_of(after["mean"]["mean"], teacher["mean"]["mean"])
+    mean = share(after["mean"]["mean"], teacher["mean"]["mean"])
     lang, worst = worst_share(after, teacher)
-    return {"retrieval_mean": {n: ret[n]["mean"]["mean"] for n in names}, "after_over_teacher": share,
+    return {"retrieval_mean": {n: ret[n]["mean"]["mean"] for n in names}, "after_over_teacher": mean,
             "worst_language": {"language": lang, "after_over_teacher": worst},
-            "goal_met": share >= GOAL_MEAN and worst >= GOAL_WORST,
+            "goal_met": mean >= GOAL_MEAN and worst >= GOAL_WORST,
             "pairs_per_language": {k: v["pairs"] for k, v in after.items() if k != "mean"}}
 
 
